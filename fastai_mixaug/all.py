@@ -1,0 +1,4 @@
+"Everything a user needs: `from fastai_mixaug.all import *`"
+from .core import *
+from .callback import *
+from .learner import *
