@@ -92,4 +92,12 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'fastai_mixaug.learner.Learner.mixup': ('learner.html#learner.mixup', 'fastai_mixaug/learner.py'),
                                        'fastai_mixaug.learner.Learner.remove_mixaug': ( 'learner.html#learner.remove_mixaug',
                                                                                         'fastai_mixaug/learner.py'),
-                                       'fastai_mixaug.learner._set_cb': ('learner.html#_set_cb', 'fastai_mixaug/learner.py')}}}
+                                       'fastai_mixaug.learner._set_cb': ('learner.html#_set_cb', 'fastai_mixaug/learner.py')},
+            'fastai_mixaug.show': { 'fastai_mixaug.show.Learner._plot_mix_batch': ( 'show.html#learner._plot_mix_batch',
+                                                                                    'fastai_mixaug/show.py'),
+                                    'fastai_mixaug.show.Learner.show_mix_batch': ( 'show.html#learner.show_mix_batch',
+                                                                                   'fastai_mixaug/show.py'),
+                                    'fastai_mixaug.show._decode': ('show.html#_decode', 'fastai_mixaug/show.py'),
+                                    'fastai_mixaug.show._label': ('show.html#_label', 'fastai_mixaug/show.py'),
+                                    'fastai_mixaug.show._show_one': ('show.html#_show_one', 'fastai_mixaug/show.py'),
+                                    'fastai_mixaug.show.mix_titles': ('show.html#mix_titles', 'fastai_mixaug/show.py')}}}

@@ -2,3 +2,4 @@
 from .core import *
 from .callback import *
 from .learner import *
+from .show import *
