@@ -71,6 +71,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'fastai_mixaug.core': { 'fastai_mixaug.core.MixParams': ('core.html#mixparams', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core.MixParams.to': ('core.html#mixparams.to', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._is_num': ('core.html#_is_num', 'fastai_mixaug/core.py'),
+                                    'fastai_mixaug.core._mean_weights': ('core.html#_mean_weights', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core.box_area': ('core.html#box_area', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core.box_mask': ('core.html#box_mask', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core.check_alpha': ('core.html#check_alpha', 'fastai_mixaug/core.py'),
