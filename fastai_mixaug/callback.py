@@ -41,6 +41,10 @@ class MixAugCallback(Callback):
         n = class2attr(self, 'Callback')
         return f'{n}_cb' if hasattr(Learner, n) else n
 
+    def _set(self, **kw):
+        "Set per-batch state directly: fastai's `Callback.__setattr__` looks each name up on the learner (µs per write)"
+        self.__dict__.update(kw)
+
     def _pct(self): return float(getattr(self.learn, 'pct_train', 0.) or 0.)
 
     def _off(self):
@@ -58,9 +62,11 @@ class MixAugCallback(Callback):
 
     def _x(self) -> Tensor:
         "The main input of the batch, checked"
-        if not len(self.learn.xb) or not isinstance(self.learn.xb[0], Tensor) or not self.learn.xb[0].ndim:
+        xb = self.learn.xb
+        x = Tensor.as_subclass(xb[0], Tensor) if len(xb) and isinstance(xb[0], Tensor) else None  # plain: fastai's subclasses
+        if x is None or not x.ndim:                                                     # dispatch even `.shape` in Python
             raise TypeError(f"{type(self).__name__} needs xb[0] to be a batch tensor shaped (bs, ...)")
-        return self.learn.xb[0]
+        return x
 
     def _spatial(self, x:Tensor) -> tuple:
         "Spatial shape of `x`, (bs, C, *spatial), checked"
@@ -76,6 +82,7 @@ class MixCallback(MixAugCallback):
         super().__init__(p, mode, seed, off_last)
         self.mix_target = check_choice(mix_target, 'mix_target', ('auto', 'loss', 'label'))
         self._yb1 = self._lam = None
+        self._checked = False
 
     def _alphas(self, pct) -> dict: raise NotImplementedError
 
@@ -100,23 +107,26 @@ class MixCallback(MixAugCallback):
 
     def before_batch(self):
         "Mix the inputs and targets of this training batch"
-        self._yb1 = self._lam = None
+        learn = self.learn
+        self._set(_yb1=None, _lam=None)
         x = self._x()
         prm = self.draw(x)
-        if prm is None and getattr(self, '_checked', False): return
-        xb, yb, yb1, lam = mix_batch(self.learn.xb, self.learn.yb, prm or self.draw(x, force=True), self.mix_target, getattr(self.dls, 'c', None))
-        if lam is not None: loss_reduction(self.learn.loss_func)  # fail now, before the forward pass, if it can't be mixed
-        self._checked = True                                       # the first batch is checked even when the mix is off
+        if prm is None and self._checked: return
+        xb, yb, yb1, lam = mix_batch(learn.xb, learn.yb, prm or self.draw(x, force=True), self.mix_target, getattr(learn.dls, 'c', None))
+        if lam is not None: loss_reduction(learn.loss_func)  # fail now, before the forward pass, if it can't be mixed
+        self._set(_checked=True)                                  # the first batch is checked even when the mix is off
         if prm is None: return
-        self.learn.xb, self.learn.yb, self._yb1, self._lam = xb, yb, yb1, lam
+        learn.xb, learn.yb = xb, yb
+        self._set(_yb1=yb1, _lam=lam)
 
     def after_loss(self):
         "Replace the loss of this batch by the λ-weighted loss, when the targets need it"
         if self._lam is None: return
-        self.learn.loss_grad = mix_loss(self.learn.loss_func, self.learn.pred, self.learn.yb, self._yb1, self._lam)
-        self.learn.loss = self.learn.loss_grad.clone()
+        learn = self.learn
+        learn.loss_grad = mix_loss(learn.loss_func, learn.pred, learn.yb, self._yb1, self._lam)
+        learn.loss = learn.loss_grad.clone()
 
-    def after_batch(self): self._yb1 = self._lam = None
+    def after_batch(self): self._set(_yb1=None, _lam=None)
 
 # %% ../nbs/01_callback.ipynb #57c78d1c
 class MixUp(MixCallback):
@@ -209,6 +219,7 @@ class Cutout(MixAugCallback):
 
     def before_batch(self):
         "Erase the holes of this training batch"
-        holes = self.draw(self._x())
+        x = self._x()
+        holes = self.draw(x)
         if holes is None: return
-        self.learn.xb, self.learn.yb = erase_batch(self.learn.xb, self.learn.yb, *holes, self.fill, self.mask_fill, self._rng(self.learn.xb[0].device))
+        self.learn.xb, self.learn.yb = erase_batch(self.learn.xb, self.learn.yb, *holes, self.fill, self.mask_fill, self._rng(x.device))

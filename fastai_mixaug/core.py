@@ -6,7 +6,7 @@
 from __future__ import annotations
 import inspect, math, numbers
 from contextlib import contextmanager
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable, NamedTuple
 
 import torch
@@ -56,26 +56,34 @@ def sample_beta(
     generator:torch.Generator|None=None, # RNG to draw from (torch's global RNG if `None`)
 ) -> Tensor: # (n,) float32
     "`n` draws of λ ~ Beta(α, α), exact and stable for any α > 0"
-    a = alpha if isinstance(alpha, Tensor) else torch.full((n,), float(alpha), device=device)
-    a = a.float()[:, None].expand(n, 2)
+    if isinstance(alpha, Tensor): device, a = alpha.device, alpha.float()
+    else: a = float(alpha)
     # Gamma(α) = Gamma(α+1)·U^(1/α), in logs: no underflow when α is tiny (torch's own sampler returns 0.5 there)
-    u = torch.rand(n, 2, device=a.device, generator=generator).clamp_min(1e-38)
-    lg = torch._standard_gamma(a + 1, generator=generator).clamp_min(1e-38).log() + u.log() / a
-    return torch.sigmoid(lg[:, 0] - lg[:, 1])
+    logu = torch.rand(2, n, device=device, generator=generator).clamp_min_(1e-38).log_()
+    a1 = (a + 1).expand(2, n) if isinstance(a, Tensor) else torch.full((2, n), a + 1, device=device)
+    g0, g1 = torch._standard_gamma(a1, generator=generator).log_().add_(logu.div_(a)).unbind(0)
+    return torch.sigmoid(g0 - g1)
 
 # %% ../nbs/00_core.ipynb #ef96a35f
+@lru_cache(maxsize=64)
+def _grid_on(spatial:tuple, device:torch.device) -> tuple[Tensor, Tensor]:
+    with torch.inference_mode(False):                        # usable in and out of inference mode
+        sp = torch.tensor(spatial).to(device, non_blocking=True)  # made once: no host->device copy per batch
+        return torch.arange(max(spatial), device=device), sp
+
+def _grid(spatial:tuple, device) -> tuple[Tensor, Tensor]:
+    "`arange(max(spatial))` and `spatial` as long tensors on `device`, cached per shape and device"
+    return _grid_on(spatial, torch.device(device))
+
 def sample_boxes(
     size:Tensor, # (..., nd) long: side of each box in pixels, before clipping
     spatial:tuple, # spatial shape of the data, e.g. (H, W)
     generator:torch.Generator|None=None, # RNG to draw from
 ) -> tuple[Tensor, Tensor]: # `lo`, `hi`: (..., nd) long, box `[lo, hi)` in each dim, clipped to the data
     "Boxes of side `size` with a centre uniform over `spatial`, clipped to it"
-    u = torch.rand(size.shape, device=size.device, generator=generator)
-    lo, hi = [], []
-    for d, s in enumerate(spatial):
-        start = (u[..., d] * s).long() - size[..., d] // 2
-        lo.append(start.clamp(0, s)); hi.append((start + size[..., d]).clamp(0, s))
-    return torch.stack(lo, -1), torch.stack(hi, -1)
+    _, sp = _grid(tuple(spatial), size.device)
+    start = torch.rand(size.shape, device=size.device, generator=generator).mul_(sp).long().sub_(size // 2)  # in [-size/2, s)
+    return start.clamp_min(0), (start + size).clamp_(max=sp)
 
 def box_area(lo:Tensor, hi:Tensor) -> Tensor:
     "Number of pixels in each box: the product of its sides"
@@ -85,16 +93,19 @@ def box_mask(
     lo:Tensor, # (bs, nd) or (bs, k, nd) long: box starts
     hi:Tensor, # same shape: box ends (exclusive)
     spatial:tuple, # spatial shape of the data
-) -> Tensor: # (bs, 1, *spatial) bool, True inside any of a sample's boxes
-    "Boolean mask of the pixels inside each sample's box(es)"
-    if lo.ndim == 2: lo, hi = lo[:, None], hi[:, None]
+    dtype:torch.dtype=torch.bool, # bool, or a float dtype for a 0/1 coverage (what a `lerp` weight needs)
+) -> Tensor: # (bs, 1, *spatial): True (1) inside any of a sample's boxes
+    "Mask of the pixels inside each sample's box(es)"
+    spatial, lead = tuple(spatial), lo.shape[:-1]           # (bs,) or (bs, k)
+    ar, _ = _grid(spatial, lo.device)
+    fdt = torch.float32 if dtype == torch.bool else dtype
+    inside = ((ar >= lo[..., None]) & (ar < hi[..., None])).to(fdt)  # every dim at once: (*lead, nd, max side), small
     m = None
-    for d, s in enumerate(spatial):
-        ar = torch.arange(s, device=lo.device)
-        md = (ar >= lo[..., d, None]) & (ar < hi[..., d, None]) # (bs, k, s)
-        md = md.view(*md.shape[:2], *[s if i == d else 1 for i in range(len(spatial))])
-        m = md if m is None else m & md
-    return m.any(1, keepdim=True)
+    for d, (md, s) in enumerate(zip(inside.unbind(-2), spatial)):
+        md = (md if s == ar.shape[0] else md[..., :s]).view(lead[0], math.prod(lead[1:]), *[s if i == d else 1 for i in range(len(spatial))])
+        m = md if m is None else m * md                     # an outer product of the sides: (bs, 1 or k, *spatial)
+    if m.shape[1] > 1: m = m.amax(1, keepdim=True)          # union of a sample's boxes
+    return m.bool() if dtype == torch.bool else m
 
 # %% ../nbs/00_core.ipynb #ba4f5729
 class MixParams(NamedTuple):
@@ -125,25 +136,29 @@ def sample_mix(
 ) -> MixParams:
     "Draw the partners, λ and boxes of one MixUp / CutMix / CutMixUp batch"
     spatial, n = tuple(spatial), (bs if mode == 'elem' else 1)
-    rand = partial(torch.rand, device=device, generator=generator)
-    perm = torch.randperm(bs, device=device, generator=generator)
-    keep = rand(n) >= p                                        # samples left alone
     can_cut, blend = switch_prob < 1, switch_prob > 0
-    if can_cut and blend: cut = rand(n) >= switch_prob
-    else: cut = torch.full((n,), can_cut, device=device)
+    if can_cut and not spatial: raise ValueError("CutMix needs inputs with spatial dimensions, shaped (bs, C, *spatial)")
+    # few, small ops (a batch of 256 small images costs less than a dozen of them): each draw only when needed
+    rand = partial(torch.rand, n, device=device, generator=generator)
+    perm = torch.randperm(bs, device=device, generator=generator)
+    keep = rand() >= p if p < 1 else None                      # samples left alone
+    cut = rand() >= switch_prob if can_cut and blend else None # pasted rather than blended (CutMixUp)
     alpha = mixup_alpha if not can_cut else cutmix_alpha if not blend else torch.where(cut, cutmix_alpha, mixup_alpha)
     lam = sample_beta(alpha, n, device, generator)
-    if blend: lam = torch.where(cut, lam, lam.maximum(1 - lam))  # MixUp keeps the larger share
-    lam = lam.masked_fill(keep, 1.)
+    if blend: lam = lam.maximum(1 - lam) if cut is None else torch.where(cut, lam, lam.maximum(1 - lam))  # MixUp keeps the larger share
+    if keep is not None: lam = lam.masked_fill(keep, 1.)
     lo = hi = None
     if can_cut:
-        if not spatial: raise ValueError("CutMix needs inputs with spatial dimensions, shaped (bs, C, *spatial)")
-        cut = cut & ~keep
-        r = (1 - lam).masked_fill(~cut, 0.).pow(1 / len(spatial))  # side ratio: area (1-λ) over nd dims
-        lo, hi = sample_boxes(torch.stack([(r * s).round().long() for s in spatial], -1), spatial, generator)
+        r = 1 - lam                                            # area of the box; 0 where the sample is not cut
+        if cut is not None: r = r.masked_fill_(~cut, 0.)
+        if len(spatial) > 1: r = r.pow_(1 / len(spatial))       # side ratio: area (1-λ) over nd dims
+        lo, hi = sample_boxes(r[:, None].mul(_grid(spatial, r.device)[1]).round_().long(), spatial, generator)
         npx = math.prod(spatial)
-        lam = torch.where(cut, (npx - box_area(lo, hi)).float() / npx, lam)  # exactly the share of pixels kept
-    else: cut = None
+        kept = (npx - box_area(lo, hi)) / npx                  # exactly the share of pixels kept (1 for empty boxes)
+        if cut is None: lam, cut = kept, (torch.ones_like(lam, dtype=torch.bool) if keep is None else ~keep)
+        else:
+            lam = torch.where(cut, kept, lam)
+            if keep is not None: cut = cut & ~keep
     if n != bs: lam, cut, lo, hi = (o if o is None else o.expand(bs, *o.shape[1:]) for o in (lam, cut, lo, hi))
     return MixParams(perm, lam, cut, lo, hi, spatial, blend)
 
@@ -166,23 +181,43 @@ def sample_holes(
     return (lo, hi) if n == bs else (lo.expand(bs, -1, -1), hi.expand(bs, -1, -1))
 
 # %% ../nbs/00_core.ipynb #960f61c3
+def _plain(t):
+    "`t` as a plain `Tensor` (a view, no copy): torch subclasses such as fastai's `TensorImage` dispatch every op in Python"
+    return Tensor.as_subclass(t, Tensor) if isinstance(t, Tensor) and type(t) is not Tensor else t  # torch's, not an override
+
+def _retype(r:Tensor, t):
+    "`r` with the tensor subclass and metadata of `t`"
+    if type(t) is Tensor or not isinstance(t, Tensor): return r
+    r = Tensor.as_subclass(r, type(t)); r.__dict__.update(t.__dict__)
+    return r
+
+def _gather(x:Tensor, perm:Tensor) -> Tensor:
+    "`x[perm]` in `x`'s memory format, by `index_select` (indexing is several times slower on the CPU)"
+    return x[perm] if x.requires_grad else torch.index_select(x, 0, perm, out=torch.empty_like(x))
+
 def mix_weight(
     prm:MixParams, # parameters from `sample_mix`
-    inside:Tensor|None=None, # `box_mask(prm.lo, prm.hi, prm.spatial)`, if already computed
-) -> Tensor: # float32: (bs, 1, *[1]*nd) for pure blends, else (bs, 1, *spatial)
+    inside:Tensor|None=None, # `box_mask(prm.lo, prm.hi, prm.spatial)` (bool or 0/1 float), if already computed
+    dtype:torch.dtype=torch.float32, # dtype of the weight (the input's)
+) -> Tensor: # (bs, 1, *[1]*nd) for pure blends, else (bs, 1, *spatial)
     "Weight of each sample's own value, per sample or per pixel (1 keeps, 0 takes the partner's)"
-    w = prm.lam.view(-1, 1, *[1] * len(prm.spatial))
+    w = prm.lam.view(-1, 1, *[1] * len(prm.spatial)).to(dtype)
     if prm.lo is None: return w
-    if inside is None: inside = box_mask(prm.lo, prm.hi, prm.spatial)
-    return torch.where(inside, 0., torch.where(prm.cut.view_as(w), 1., w))
+    inside = box_mask(prm.lo, prm.hi, prm.spatial, dtype) if inside is None else inside.to(dtype)
+    if not prm.blend: return 1 - inside                     # pure CutMix: 0 in the box, 1 elsewhere
+    w = w.masked_fill(prm.cut.view_as(w), 1.)               # 1 for cut samples, λ for blended ones
+    t = w * inside
+    return torch.sub(w, t, out=t)                           # w·(1 - inside), exact; no `where` (slow on the CPU)
 
 def mix_input(
     x:Tensor, # the input batch
     perm:Tensor, # partner of each sample
     w:Tensor, # weight of each sample's own value, broadcastable to `x`
 ) -> Tensor:
-    "`w·x + (1-w)·x[perm]` in `x`'s dtype and memory format, as one `torch.lerp`"
-    return x[perm].lerp_(x, w.to(x.dtype))  # in place into the gathered copy (ours): one batch allocated, not two
+    "`w·x + (1-w)·x[perm]` in `x`'s dtype and memory format, as one `torch.lerp` (a paste for integer `x`)"
+    xp = _gather(x, perm)
+    if not x.is_floating_point(): return torch.where(w.bool(), x, xp, out=xp)  # integers can only be pasted: w is 0/1
+    return xp.lerp_(x, w.to(x.dtype))       # in place into our own copy: one batch allocated, not two
 
 # %% ../nbs/00_core.ipynb #a847084a
 def target_kind(
@@ -208,7 +243,7 @@ def mix_label(
 ) -> Tensor: # float32 (float64 stays float64)
     "`w·y + (1-w)·y[perm]`, computed in float32"
     y = y.to(torch.promote_types(y.dtype, torch.float32) if y.is_floating_point() else torch.float32)
-    return torch.lerp(y[perm], y, w.to(y.dtype))
+    return torch.lerp(_gather(y, perm), y, w.to(y.dtype))
 
 # %% ../nbs/00_core.ipynb #3476ff82
 def mix_batch(
@@ -220,33 +255,38 @@ def mix_batch(
 ) -> tuple: # `xb`, `yb`, `yb1` (partner targets for the loss, or `None`), `lam` (loss weights, or `None`)
     "Apply one MixUp / CutMix / CutMixUp draw to a whole batch"
     perm, bs, sp = prm.perm, prm.perm.shape[0], prm.spatial
-    inside = None if prm.lo is None else box_mask(prm.lo, prm.hi, sp)
-    w_img = mix_weight(prm, inside)
+    xb0, yb0, xb, yb = xb, yb, tuple(map(_plain, xb)), tuple(map(_plain, yb))  # plain tensors inside: no subclass dispatch per op
+    dt = next((x.dtype for x in xb if isinstance(x, Tensor) and x.is_floating_point()), torch.float32)
+    cover = None if prm.lo is None else box_mask(prm.lo, prm.hi, sp, dt)  # 1 inside the boxes, 0 outside
+    w_img = mix_weight(prm, cover, dt)
     def weight(t, lead=2):
         if sp and tuple(t.shape[lead:]) == sp and t.ndim == lead + len(sp): return w_img.view(bs, *[1]*(lead-1), *w_img.shape[2:])
         return prm.lam.view(-1, *[1] * (t.ndim - 1))
     xs, mixed = [], False
-    for x in xb:
+    for x, x0 in zip(xb, xb0):
         if isinstance(x, Tensor) and x.ndim and x.shape[0] == bs:
-            if x.is_floating_point(): x, mixed = mix_input(x, perm, weight(x)), True
-            elif not prm.blend and inside is not None and tuple(x.shape[2:]) == sp: x, mixed = torch.where(inside, x[perm], x), True
-        xs.append(x)
+            w = weight(x)                                    # integer inputs can only be pasted, never blended
+            if x.is_floating_point() or (not prm.blend and w.ndim > 2 and w.shape[2:] == x.shape[2:]):
+                x0, mixed = _retype(mix_input(x, perm, w), x0), True
+        xs.append(x0)
     if not mixed:
         dts = ', '.join(str(x.dtype) if isinstance(x, Tensor) else type(x).__name__ for x in xb)
         raise TypeError(f"no input in xb can be mixed (got {dts}): blending needs floating-point inputs. "
                         "Convert them first (fastai's IntToFloatTensor batch transform; ImageDataLoaders add it)")
     ys, ys1, by_loss, dense = [], [], False, False
-    for y in yb:
+    for y, y0 in zip(yb, yb0):
         kind = target_kind(y, bs, sp, mix_target)
-        if kind == 'loss': ys.append(y); ys1.append(y[perm]); by_loss = True
+        if kind == 'loss': ys.append(y0); ys1.append(_retype(_gather(y, perm), y0)); by_loss = True
         elif kind == 'dense':
-            ys.append(y if inside is None else torch.where(inside[:, 0], y[perm], y)); ys1.append(y[perm]); dense = True
+            y1 = _gather(y, perm)
+            ys.append(y0 if cover is None else _retype(torch.where(cover[:, 0].bool(), y1, y), y0))
+            ys1.append(_retype(y1, y0)); dense = True
         else:
             if kind == 'onehot':
                 if n_classes is None: raise ValueError("mix_target='label' with class indices needs the number of classes (`n_classes`) "
                                                       "to one-hot them: the callbacks read it from `dls.c`, so set `learn.dls.c`")
                 y = F.one_hot(y.long(), n_classes)
-            y = mix_label(y, perm, weight(y, lead=1) if y.is_floating_point() and y.ndim == 1 + len(sp) else weight(y))
+            y = _retype(mix_label(y, perm, weight(y, lead=1) if y.is_floating_point() and y.ndim == 1 + len(sp) else weight(y)), y0)
             ys.append(y); ys1.append(y)
     if by_loss: lam = prm.lam
     elif dense and prm.blend: lam = prm.lam if prm.cut is None else prm.lam.masked_fill(prm.cut, 1.)
@@ -293,21 +333,21 @@ def mix_loss(
 ) -> Tensor:
     "λ·L(pred, *yb) + (1-λ)·L(pred, *yb1) per sample, reduced as `loss_func` reduces"
     red = loss_reduction(loss_func)
-    with per_sample(loss_func) as lf: l0, l1 = lf(pred, *yb), lf(pred, *yb1)
-    bs = lam.shape[0]
+    with per_sample(loss_func) as lf: l0, l1 = lf(pred, *yb), lf(pred, *yb1)  # the loss sees the batch's own types
+    t0, l0, l1, bs = l0, _plain(l0), _plain(l1), lam.shape[0]
     if l0.ndim == 0 or l0.numel() % bs:
         raise ValueError(f"with reduction='none', loss_func returned shape {tuple(l0.shape)}, not per-sample losses for bs={bs}")
     lam = lam.to(l0.dtype)[:, None]
     l = torch.lerp(l1.reshape(bs, -1), l0.reshape(bs, -1), lam).view(l0.shape)
     w0, w1 = _mean_weights(loss_func, yb), _mean_weights(loss_func, yb1)
-    if red != 'mean' or w0 is None or w0.numel() != l.numel(): return reduce_loss(l, red)
-    return l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lam).sum()  # PyTorch's weighted mean
+    if red != 'mean' or w0 is None or w0.numel() != l.numel(): return _retype(reduce_loss(l, red), t0)
+    return _retype(l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lam).sum(), t0)  # PyTorch's weighted mean
 
 def _mean_weights(loss_func, yb) -> Tensor|None:
     "Per-element weights a class-weighted or ignore-index `'mean'` divides by (cross-entropy / NLL), else `None`"
     lf = getattr(loss_func, 'func', loss_func)                  # fastai's flattened losses wrap the torch loss
     if not isinstance(lf, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)) or len(yb) != 1: return None
-    y = yb[0]
+    y = _plain(yb[0])
     if y.is_floating_point() or (lf.weight is None and y.ndim == 1): return None  # plain mean
     t = y.reshape(-1).long()
     keep = t != lf.ignore_index
@@ -320,11 +360,13 @@ def erase(
     inside:Tensor, # (bs, 1, *spatial) bool: the pixels to erase
     fill:float|str=0., # a number, or 'normal' for N(0, 1) noise per pixel
     generator:torch.Generator|None=None, # RNG for the noise
+    like:Tensor|None=None, # the tensor whose subclass and metadata the result takes (`x` itself by default)
 ) -> Tensor:
     "`x` with the pixels `inside` replaced by `fill`, out of place"
+    x0, x = (x if like is None else like), _plain(x)
     if isinstance(fill, str): v = torch.empty_like(x).normal_(generator=generator) # keeps x's memory format
     else: v = torch.full((), fill, dtype=x.dtype, device=x.device)
-    return torch.where(inside, v, x)
+    return _retype(torch.where(inside, v, x), x0)
 
 def erase_batch(
     xb:tuple, # the inputs of the batch
@@ -335,10 +377,16 @@ def erase_batch(
     generator:torch.Generator|None=None, # RNG for the noise
 ) -> tuple: # `xb`, `yb`
     "Erase the holes from every input with the images' spatial shape (and masks, with `mask_fill`)"
-    sp, bs = tuple(xb[0].shape[2:]), xb[0].shape[0]
+    px = [_plain(x) for x in xb]                            # plain tensors: no subclass dispatch per op
+    sp, bs = tuple(px[0].shape[2:]), px[0].shape[0]
     inside = box_mask(lo, hi, sp)
-    xs = tuple(erase(x, inside, fill, generator) if isinstance(x, Tensor) and x.shape[0] == bs and tuple(x.shape[2:]) == sp else x for x in xb)
+    xs = tuple(erase(p, inside, fill, generator, like=x) if isinstance(p, Tensor) and p.shape[0] == bs and tuple(p.shape[2:]) == sp else x
+               for x, p in zip(xb, px))
     if mask_fill is None: return xs, yb
-    ys = tuple(torch.where(inside[:, 0], torch.full((), mask_fill, dtype=y.dtype, device=y.device), y)
-               if isinstance(y, Tensor) and not y.is_floating_point() and tuple(y.shape[1:]) == sp else y for y in yb)
-    return xs, ys
+    ys = []
+    for y in yb:
+        p = _plain(y)
+        if isinstance(p, Tensor) and not p.is_floating_point() and tuple(p.shape[1:]) == sp:
+            y = _retype(torch.where(inside[:, 0], torch.full((), mask_fill, dtype=p.dtype, device=p.device), p), y)
+        ys.append(y)
+    return xs, tuple(ys)
