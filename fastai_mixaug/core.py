@@ -357,16 +357,19 @@ def _mean_weights(loss_func, yb) -> Tensor|None:
 # %% ../nbs/00_core.ipynb #7d1fcbd2
 def erase(
     x:Tensor, # the input batch, (bs, C, *spatial)
-    inside:Tensor, # (bs, 1, *spatial) bool: the pixels to erase
+    inside:Tensor, # (bs, 1, *spatial): the pixels to erase, bool or 0/1 (`box_mask`)
     fill:float|str=0., # a number, or 'normal' for N(0, 1) noise per pixel
     generator:torch.Generator|None=None, # RNG for the noise
     like:Tensor|None=None, # the tensor whose subclass and metadata the result takes (`x` itself by default)
 ) -> Tensor:
-    "`x` with the pixels `inside` replaced by `fill`, out of place"
+    "`x` with the pixels `inside` replaced by `fill`, out of place (a non-finite pixel inside a hole becomes NaN)"
     x0, x = (x if like is None else like), _plain(x)
-    if isinstance(fill, str): v = torch.empty_like(x).normal_(generator=generator) # keeps x's memory format
-    else: v = torch.full((), fill, dtype=x.dtype, device=x.device)
-    return _retype(torch.where(inside, v, x), x0)
+    if not x.is_floating_point(): return _retype(torch.where(inside.bool(), torch.full((), fill, dtype=x.dtype, device=x.device), x), x0)
+    cover = inside.to(x.dtype)
+    out = x * (1 - cover)                                   # a multiply, not `torch.where`: several times faster on the CPU
+    if isinstance(fill, str): out.addcmul_(torch.empty_like(x).normal_(generator=generator), cover)  # noise keeps x's layout
+    elif fill != 0: out.add_(cover, alpha=fill)
+    return _retype(out, x0)
 
 def erase_batch(
     xb:tuple, # the inputs of the batch
@@ -379,7 +382,7 @@ def erase_batch(
     "Erase the holes from every input with the images' spatial shape (and masks, with `mask_fill`)"
     px = [_plain(x) for x in xb]                            # plain tensors: no subclass dispatch per op
     sp, bs = tuple(px[0].shape[2:]), px[0].shape[0]
-    inside = box_mask(lo, hi, sp)
+    inside = box_mask(lo, hi, sp, next((p.dtype for p in px if isinstance(p, Tensor) and p.is_floating_point()), torch.bool))
     xs = tuple(erase(p, inside, fill, generator, like=x) if isinstance(p, Tensor) and p.shape[0] == bs and tuple(p.shape[2:]) == sp else x
                for x, p in zip(xb, px))
     if mask_fill is None: return xs, yb
@@ -387,6 +390,6 @@ def erase_batch(
     for y in yb:
         p = _plain(y)
         if isinstance(p, Tensor) and not p.is_floating_point() and tuple(p.shape[1:]) == sp:
-            y = _retype(torch.where(inside[:, 0], torch.full((), mask_fill, dtype=p.dtype, device=p.device), p), y)
+            y = _retype(torch.where(inside[:, 0].bool(), torch.full((), mask_fill, dtype=p.dtype, device=p.device), p), y)
         ys.append(y)
     return xs, tuple(ys)
