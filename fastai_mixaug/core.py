@@ -366,7 +366,7 @@ def erase(
     x0, x = (x if like is None else like), _plain(x)
     if not x.is_floating_point(): return _retype(torch.where(inside.bool(), torch.full((), fill, dtype=x.dtype, device=x.device), x), x0)
     cover = inside.to(x.dtype)
-    out = x * (1 - cover)                                   # a multiply, not `torch.where`: several times faster on the CPU
+    out = torch.addcmul(x, x, cover, value=-1)              # x - x·cover, exact; several times faster than `torch.where` on the CPU
     if isinstance(fill, str): out.addcmul_(torch.empty_like(x).normal_(generator=generator), cover)  # noise keeps x's layout
     elif fill != 0: out.add_(cover, alpha=fill)
     return _retype(out, x0)
