@@ -78,6 +78,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'fastai_mixaug.cli.train_one': ('cli.html#train_one', 'fastai_mixaug/cli.py')},
             'fastai_mixaug.core': { 'fastai_mixaug.core.MixParams': ('core.html#mixparams', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core.MixParams.to': ('core.html#mixparams.to', 'fastai_mixaug/core.py'),
+                                    'fastai_mixaug.core._float_dtype': ('core.html#_float_dtype', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._gather': ('core.html#_gather', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._grid': ('core.html#_grid', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._grid_on': ('core.html#_grid_on', 'fastai_mixaug/core.py'),

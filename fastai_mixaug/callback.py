@@ -12,7 +12,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.torch_core import rank_distrib
 from .core import *
-from .core import _is_num
+from .core import _is_num, _plain
 
 # %% auto #0
 __all__ = ['MixAugCallback', 'MixCallback', 'MixUp', 'CutMix', 'CutMixUp', 'Cutout']
@@ -63,8 +63,8 @@ class MixAugCallback(Callback):
     def _x(self) -> Tensor:
         "The main input of the batch, checked"
         xb = self.learn.xb
-        x = Tensor.as_subclass(xb[0], Tensor) if len(xb) and isinstance(xb[0], Tensor) else None  # plain: fastai's subclasses
-        if x is None or not x.ndim:                                                     # dispatch even `.shape` in Python
+        x = _plain(xb[0]) if len(xb) and isinstance(xb[0], Tensor) else None  # plain: fastai's subclasses run Python
+        if x is None or not x.ndim:                                            # even for `.shape`
             raise TypeError(f"{type(self).__name__} needs xb[0] to be a batch tensor shaped (bs, ...)")
         return x
 

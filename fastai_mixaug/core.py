@@ -191,6 +191,10 @@ def _retype(r:Tensor, t):
     r = Tensor.as_subclass(r, type(t)); r.__dict__.update(t.__dict__)
     return r
 
+def _float_dtype(xb:tuple, default:torch.dtype=torch.float32) -> torch.dtype:
+    "dtype of the first floating-point tensor in `xb` (what weights and masks are made in), else `default`"
+    return next((x.dtype for x in xb if isinstance(x, Tensor) and x.is_floating_point()), default)
+
 def _gather(x:Tensor, perm:Tensor) -> Tensor:
     "`x[perm]` in `x`'s memory format, by `index_select` (indexing is several times slower on the CPU)"
     return x[perm] if x.requires_grad else torch.index_select(x, 0, perm, out=torch.empty_like(x))
@@ -256,7 +260,7 @@ def mix_batch(
     "Apply one MixUp / CutMix / CutMixUp draw to a whole batch"
     perm, bs, sp = prm.perm, prm.perm.shape[0], prm.spatial
     xb0, yb0, xb, yb = xb, yb, tuple(map(_plain, xb)), tuple(map(_plain, yb))  # plain tensors inside: no subclass dispatch per op
-    dt = next((x.dtype for x in xb if isinstance(x, Tensor) and x.is_floating_point()), torch.float32)
+    dt = _float_dtype(xb)
     cover = None if prm.lo is None else box_mask(prm.lo, prm.hi, sp, dt)  # 1 inside the boxes, 0 outside
     w_img = mix_weight(prm, cover, dt)
     def weight(t, lead=2):
@@ -360,10 +364,9 @@ def erase(
     inside:Tensor, # (bs, 1, *spatial): the pixels to erase, bool or 0/1 (`box_mask`)
     fill:float|str=0., # a number, or 'normal' for N(0, 1) noise per pixel
     generator:torch.Generator|None=None, # RNG for the noise
-    like:Tensor|None=None, # the tensor whose subclass and metadata the result takes (`x` itself by default)
 ) -> Tensor:
     "`x` with the pixels `inside` replaced by `fill`, out of place (a non-finite pixel inside a hole becomes NaN)"
-    x0, x = (x if like is None else like), _plain(x)
+    x0, x = x, _plain(x)
     if not x.is_floating_point(): return _retype(torch.where(inside.bool(), torch.full((), fill, dtype=x.dtype, device=x.device), x), x0)
     cover = inside.to(x.dtype)
     out = torch.addcmul(x, x, cover, value=-1)              # x - x·cover, exact; several times faster than `torch.where` on the CPU
@@ -382,8 +385,8 @@ def erase_batch(
     "Erase the holes from every input with the images' spatial shape (and masks, with `mask_fill`)"
     px = [_plain(x) for x in xb]                            # plain tensors: no subclass dispatch per op
     sp, bs = tuple(px[0].shape[2:]), px[0].shape[0]
-    inside = box_mask(lo, hi, sp, next((p.dtype for p in px if isinstance(p, Tensor) and p.is_floating_point()), torch.bool))
-    xs = tuple(erase(p, inside, fill, generator, like=x) if isinstance(p, Tensor) and p.shape[0] == bs and tuple(p.shape[2:]) == sp else x
+    inside = box_mask(lo, hi, sp, _float_dtype(px, torch.bool))
+    xs = tuple(erase(x, inside, fill, generator) if isinstance(p, Tensor) and p.shape[0] == bs and tuple(p.shape[2:]) == sp else x
                for x, p in zip(xb, px))
     if mask_fill is None: return xs, yb
     ys = []
