@@ -54,15 +54,23 @@ def sample_beta(
     n:int, # number of draws
     device=None, # device of the draws (the batch's)
     generator:torch.Generator|None=None, # RNG to draw from (torch's global RNG if `None`)
+    larger:bool=False, # return max(λ, 1-λ), the larger share (MixUp's λ)
 ) -> Tensor: # (n,) float32
-    "`n` draws of λ ~ Beta(α, α), exact and stable for any α > 0"
+    "`n` draws of λ ~ Beta(α, α) (or of max(λ, 1-λ)), exact and stable for any α > 0"
+    if not isinstance(alpha, Tensor) and alpha == 1:        # Beta(1, 1) is uniform, and max(λ, 1-λ) uniform on [0.5, 1)
+        u = torch.rand(n, device=device, generator=generator)
+        return u.mul_(.5).add_(.5) if larger else u
+    if not isinstance(alpha, Tensor) and alpha >= .25:      # one kernel; its linear-space Gammas are exact in float32 here
+        d = torch._sample_dirichlet(torch.full((n, 2), float(alpha), device=device), generator=generator)
+        return d.amax(1) if larger else d.select(1, 0)
     if isinstance(alpha, Tensor): device, a = alpha.device, alpha.float()
     else: a = float(alpha)
-    # Gamma(α) = Gamma(α+1)·U^(1/α), in logs: no underflow when α is tiny (torch's own sampler returns 0.5 there)
+    # Gamma(α) = Gamma(α+1)·U^(1/α), in logs: no underflow when α is tiny
     logu = torch.rand(2, n, device=device, generator=generator).clamp_min_(1e-38).log_()
     a1 = (a + 1).expand(2, n) if isinstance(a, Tensor) else torch.full((2, n), a + 1, device=device)
-    g0, g1 = torch._standard_gamma(a1, generator=generator).log_().add_(logu.div_(a)).unbind(0)
-    return torch.sigmoid(g0 - g1)
+    g = torch._standard_gamma(a1, generator=generator).log_().add_(logu.div_(a))
+    lam = torch.sigmoid(g[0] - g[1])
+    return lam.maximum(1 - lam) if larger else lam
 
 # %% ../nbs/00_core.ipynb #ef96a35f
 @lru_cache(maxsize=64)
@@ -79,15 +87,25 @@ def sample_boxes(
     size:Tensor, # (..., nd) long: side of each box in pixels, before clipping
     spatial:tuple, # spatial shape of the data, e.g. (H, W)
     generator:torch.Generator|None=None, # RNG to draw from
+    u:Tensor|None=None, # uniforms in [0, 1) shaped like `size` for the centres, if already drawn
 ) -> tuple[Tensor, Tensor]: # `lo`, `hi`: (..., nd) long, box `[lo, hi)` in each dim, clipped to the data
     "Boxes of side `size` with a centre uniform over `spatial`, clipped to it"
     _, sp = _grid(tuple(spatial), size.device)
-    start = torch.rand(size.shape, device=size.device, generator=generator).mul_(sp).long().sub_(size // 2)  # in [-size/2, s)
+    if u is None: u = torch.rand(size.shape, device=size.device, generator=generator)
+    start = u.mul(sp).long().sub_(size // 2)                # in [-size/2, s)
     return start.clamp_min(0), (start + size).clamp_(max=sp)
 
 def box_area(lo:Tensor, hi:Tensor) -> Tensor:
     "Number of pixels in each box: the product of its sides"
     return (hi - lo).prod(-1)
+
+def _box_sides(lo:Tensor, hi:Tensor, spatial:tuple, dtype:torch.dtype) -> list[Tensor]:
+    "Per dim, 0/1 in `dtype`: whether each row (column, ...) is inside each box, shaped (bs, k, 1.., s_d, ..1) to multiply"
+    lead, nd = lo.shape[:-1], len(spatial)                  # lead: (bs,) or (bs, k)
+    ar, _ = _grid(spatial, lo.device)
+    inside = (ar >= lo.unsqueeze(-1)).logical_and_(ar < hi.unsqueeze(-1)).to(dtype)  # every dim at once: (*lead, nd, max side)
+    return [(md if s == ar.shape[0] else md.narrow(-1, 0, s)).view(lead[0], math.prod(lead[1:]), *[s if i == d else 1 for i in range(nd)])
+            for d, (md, s) in enumerate(zip(inside.unbind(-2), spatial))]
 
 def box_mask(
     lo:Tensor, # (bs, nd) or (bs, k, nd) long: box starts
@@ -96,14 +114,8 @@ def box_mask(
     dtype:torch.dtype=torch.bool, # bool, or a float dtype for a 0/1 coverage (what a `lerp` weight needs)
 ) -> Tensor: # (bs, 1, *spatial): True (1) inside any of a sample's boxes
     "Mask of the pixels inside each sample's box(es)"
-    spatial, lead = tuple(spatial), lo.shape[:-1]           # (bs,) or (bs, k)
-    ar, _ = _grid(spatial, lo.device)
-    fdt = torch.float32 if dtype == torch.bool else dtype
-    inside = ((ar >= lo[..., None]) & (ar < hi[..., None])).to(fdt)  # every dim at once: (*lead, nd, max side), small
-    m = None
-    for d, (md, s) in enumerate(zip(inside.unbind(-2), spatial)):
-        md = (md if s == ar.shape[0] else md[..., :s]).view(lead[0], math.prod(lead[1:]), *[s if i == d else 1 for i in range(len(spatial))])
-        m = md if m is None else m * md                     # an outer product of the sides: (bs, 1 or k, *spatial)
+    m, *rest = _box_sides(lo, hi, tuple(spatial), torch.float32 if dtype == torch.bool else dtype)
+    for md in rest: m = m * md                              # an outer product of the sides: (bs, 1 or k, *spatial)
     if m.shape[1] > 1: m = m.amax(1, keepdim=True)          # union of a sample's boxes
     return m.bool() if dtype == torch.bool else m
 
@@ -138,24 +150,28 @@ def sample_mix(
     spatial, n = tuple(spatial), (bs if mode == 'elem' else 1)
     can_cut, blend = switch_prob < 1, switch_prob > 0
     if can_cut and not spatial: raise ValueError("CutMix needs inputs with spatial dimensions, shaped (bs, C, *spatial)")
-    # few, small ops (a batch of 256 small images costs less than a dozen of them): each draw only when needed
-    rand = partial(torch.rand, n, device=device, generator=generator)
+    # few, small ops (a batch of 256 small images costs less than a dozen of them): each draw only when needed, and
+    # one `rand` for all the uniforms: samples left alone (`p`), pasted or blended, a uniform area (Beta(1, 1)), box centres
     perm = torch.randperm(bs, device=device, generator=generator)
-    keep = rand() >= p if p < 1 else None                      # samples left alone
-    cut = rand() >= switch_prob if can_cut and blend else None # pasted rather than blended (CutMixUp)
-    alpha = mixup_alpha if not can_cut else cutmix_alpha if not blend else torch.where(cut, cutmix_alpha, mixup_alpha)
-    lam = sample_beta(alpha, n, device, generator)
-    if blend: lam = lam.maximum(1 - lam) if cut is None else torch.where(cut, lam, lam.maximum(1 - lam))  # MixUp keeps the larger share
-    if keep is not None: lam = lam.masked_fill(keep, 1.)
+    cols = ['keep'] * (p < 1) + ['cut'] * (can_cut and blend) + ['area'] * (can_cut and cutmix_alpha == 1)
+    nc = len(spatial) if can_cut else 0
+    u = torch.rand(n, len(cols) + nc, device=device, generator=generator) if cols or nc else None
+    col = {c: u.select(1, i) for i, c in enumerate(cols)}
+    keep = col['keep'] >= p if 'keep' in col else None         # samples left alone
+    cut = col['cut'] >= switch_prob if 'cut' in col else None  # pasted rather than blended (CutMixUp)
+    lam = sample_beta(mixup_alpha, n, device, generator, larger=True) if blend else None  # MixUp keeps the larger share
+    if keep is not None and blend: lam = lam.masked_fill(keep, 1.)
     lo = hi = None
-    if can_cut:
-        r = 1 - lam                                            # area of the box; 0 where the sample is not cut
-        if cut is not None: r = r.masked_fill_(~cut, 0.)
-        if len(spatial) > 1: r = r.pow_(1 / len(spatial))       # side ratio: area (1-λ) over nd dims
-        lo, hi = sample_boxes(r[:, None].mul(_grid(spatial, r.device)[1]).round_().long(), spatial, generator)
+    if can_cut:                                                # area: 1-λ of a pasted sample (Beta(α, α) is symmetric)
+        area = col['area'] if 'area' in col else sample_beta(cutmix_alpha, n, device, generator)
+        if cut is not None: area = area * cut                   # no box where the sample is blended
+        if keep is not None: area = area.masked_fill(keep, 0.)  # nor where it is left alone
+        if len(spatial) > 1: area = area.pow(1 / len(spatial)) # side ratio: area over nd dims
+        size = area.unsqueeze(1).mul(_grid(spatial, area.device)[1]).round_().long()
+        lo, hi = sample_boxes(size, spatial, generator, u.narrow(1, len(cols), nc))
         npx = math.prod(spatial)
         kept = (npx - box_area(lo, hi)) / npx                  # exactly the share of pixels kept (1 for empty boxes)
-        if cut is None: lam, cut = kept, (torch.ones_like(lam, dtype=torch.bool) if keep is None else ~keep)
+        if cut is None: lam, cut = kept, (torch.ones_like(kept, dtype=torch.bool) if keep is None else ~keep)
         else:
             lam = torch.where(cut, kept, lam)
             if keep is not None: cut = cut & ~keep
@@ -197,7 +213,9 @@ def _float_dtype(xb:tuple, default:torch.dtype=torch.float32) -> torch.dtype:
 
 def _gather(x:Tensor, perm:Tensor) -> Tensor:
     "`x[perm]` in `x`'s memory format, by `index_select` (indexing is several times slower on the CPU)"
-    return x[perm] if x.requires_grad else torch.index_select(x, 0, perm, out=torch.empty_like(x))
+    if x.requires_grad: return x[perm]
+    if x.is_contiguous(): return torch.index_select(x, 0, perm)
+    return torch.index_select(x, 0, perm, out=torch.empty_like(x))      # channels_last stays channels_last
 
 def mix_weight(
     prm:MixParams, # parameters from `sample_mix`
@@ -205,23 +223,31 @@ def mix_weight(
     dtype:torch.dtype=torch.float32, # dtype of the weight (the input's)
 ) -> Tensor: # (bs, 1, *[1]*nd) for pure blends, else (bs, 1, *spatial)
     "Weight of each sample's own value, per sample or per pixel (1 keeps, 0 takes the partner's)"
-    w = prm.lam.view(-1, 1, *[1] * len(prm.spatial)).to(dtype)
+    w = prm.lam.view(-1, 1, *[1] * len(prm.spatial))
+    if w.dtype != dtype: w = w.to(dtype)
     if prm.lo is None: return w
-    inside = box_mask(prm.lo, prm.hi, prm.spatial, dtype) if inside is None else inside.to(dtype)
-    if not prm.blend: return 1 - inside                     # pure CutMix: 0 in the box, 1 elsewhere
-    w = w.masked_fill(prm.cut.view_as(w), 1.)               # 1 for cut samples, λ for blended ones
-    t = w * inside
+    if not prm.blend:                                       # pure CutMix: 0 in the box, 1 elsewhere
+        return 1 - (box_mask(prm.lo, prm.hi, prm.spatial, dtype) if inside is None else inside.to(dtype))
+    w = w.masked_fill(prm.cut.view(w.shape), 1.)            # 1 for cut samples, λ for blended ones
+    if inside is not None: t = w * inside.to(dtype)
+    else:                                                   # w·(rows ⊗ cols): the small factors first, one full-size product
+        t, *rest = _box_sides(prm.lo, prm.hi, prm.spatial, dtype)
+        t = w * t
+        for md in rest: t = t * md
     return torch.sub(w, t, out=t)                           # w·(1 - inside), exact; no `where` (slow on the CPU)
 
 def mix_input(
     x:Tensor, # the input batch
     perm:Tensor, # partner of each sample
-    w:Tensor, # weight of each sample's own value, broadcastable to `x`
+    w:Tensor, # weight of each sample's own value, broadcastable to `x` (of its partner's with `partner=True`)
+    partner:bool=False, # whether `w` weighs the partner `x[perm]` rather than `x` itself
 ) -> Tensor:
     "`w·x + (1-w)·x[perm]` in `x`'s dtype and memory format, as one `torch.lerp` (a paste for integer `x`)"
     xp = _gather(x, perm)
-    if not x.is_floating_point(): return torch.where(w.bool(), x, xp, out=xp)  # integers can only be pasted: w is 0/1
-    return xp.lerp_(x, w.to(x.dtype))       # in place into our own copy: one batch allocated, not two
+    if not x.is_floating_point():                           # integers can only be pasted: w is 0/1
+        return torch.where(w.bool(), xp, x, out=xp) if partner else torch.where(w.bool(), x, xp, out=xp)
+    if w.dtype != x.dtype: w = w.to(x.dtype)
+    return torch.lerp(x, xp, w, out=xp) if partner else xp.lerp_(x, w)  # into our own copy: one batch allocated, not two
 
 # %% ../nbs/00_core.ipynb #a847084a
 def target_kind(
@@ -261,17 +287,22 @@ def mix_batch(
     perm, bs, sp = prm.perm, prm.perm.shape[0], prm.spatial
     xb0, yb0, xb, yb = xb, yb, tuple(map(_plain, xb)), tuple(map(_plain, yb))  # plain tensors inside: no subclass dispatch per op
     dt = _float_dtype(xb)
-    cover = None if prm.lo is None else box_mask(prm.lo, prm.hi, sp, dt)  # 1 inside the boxes, 0 outside
-    w_img = mix_weight(prm, cover, dt)
+    made = {}                                                # per-pixel tensors, each made once and only if needed
+    def cover():                                             # 1 inside the boxes, 0 outside
+        if 'cover' not in made: made['cover'] = box_mask(prm.lo, prm.hi, sp, dt)
+        return made['cover']
+    def pixelwise(t, lead=2): return bool(sp) and t.ndim == lead + len(sp) and tuple(t.shape[lead:]) == sp
     def weight(t, lead=2):
-        if sp and tuple(t.shape[lead:]) == sp and t.ndim == lead + len(sp): return w_img.view(bs, *[1]*(lead-1), *w_img.shape[2:])
-        return prm.lam.view(-1, *[1] * (t.ndim - 1))
+        if not pixelwise(t, lead): return prm.lam.view(-1, *[1] * (t.ndim - 1))
+        if 'w' not in made: made['w'] = mix_weight(prm, made.get('cover'), dt)
+        return made['w'].view(bs, *[1]*(lead-1), *made['w'].shape[2:])
     xs, mixed = [], False
     for x, x0 in zip(xb, xb0):
         if isinstance(x, Tensor) and x.ndim and x.shape[0] == bs:
-            w = weight(x)                                    # integer inputs can only be pasted, never blended
-            if x.is_floating_point() or (not prm.blend and w.ndim > 2 and w.shape[2:] == x.shape[2:]):
-                x0, mixed = _retype(mix_input(x, perm, w), x0), True
+            if not prm.blend and pixelwise(x):               # pure CutMix: a paste, the box is the partner's weight
+                x0, mixed = _retype(mix_input(x, perm, cover(), partner=True), x0), True
+            elif x.is_floating_point():                      # integer inputs can only be pasted, never blended
+                x0, mixed = _retype(mix_input(x, perm, weight(x)), x0), True
         xs.append(x0)
     if not mixed:
         dts = ', '.join(str(x.dtype) if isinstance(x, Tensor) else type(x).__name__ for x in xb)
@@ -283,7 +314,7 @@ def mix_batch(
         if kind == 'loss': ys.append(y0); ys1.append(_retype(_gather(y, perm), y0)); by_loss = True
         elif kind == 'dense':
             y1 = _gather(y, perm)
-            ys.append(y0 if cover is None else _retype(torch.where(cover[:, 0].bool(), y1, y), y0))
+            ys.append(y0 if prm.lo is None else _retype(torch.where(cover()[:, 0].bool(), y1, y), y0))
             ys1.append(_retype(y1, y0)); dense = True
         else:
             if kind == 'onehot':
@@ -337,15 +368,35 @@ def mix_loss(
 ) -> Tensor:
     "λ·L(pred, *yb) + (1-λ)·L(pred, *yb1) per sample, reduced as `loss_func` reduces"
     red = loss_reduction(loss_func)
-    with per_sample(loss_func) as lf: l0, l1 = lf(pred, *yb), lf(pred, *yb1)  # the loss sees the batch's own types
-    t0, l0, l1, bs = l0, _plain(l0), _plain(l1), lam.shape[0]
+    ls = _ce_losses(loss_func, pred, yb, yb1)                    # cross-entropy: one log_softmax for both targets
+    if ls is None:
+        with per_sample(loss_func) as lf: ls = lf(pred, *yb), lf(pred, *yb1)  # the loss sees the batch's own types
+    t0, l0, l1, bs = ls[0], _plain(ls[0]), _plain(ls[1]), lam.shape[0]
     if l0.ndim == 0 or l0.numel() % bs:
         raise ValueError(f"with reduction='none', loss_func returned shape {tuple(l0.shape)}, not per-sample losses for bs={bs}")
-    lam = lam.to(l0.dtype)[:, None]
-    l = torch.lerp(l1.reshape(bs, -1), l0.reshape(bs, -1), lam).view(l0.shape)
+    if lam.dtype != l0.dtype: lam = lam.to(l0.dtype)
+    lam = lam.unsqueeze(1)                                       # (bs, 1): per-pixel losses get their sample's λ
+    if l0.ndim == 1 and l0.shape[0] == bs: l = torch.lerp(l1, l0, lam.view(bs))  # one loss per sample
+    else: l = torch.lerp(l1.reshape(bs, -1), l0.reshape(bs, -1), lam).view(l0.shape)
     w0, w1 = _mean_weights(loss_func, yb), _mean_weights(loss_func, yb1)
     if red != 'mean' or w0 is None or w0.numel() != l.numel(): return _retype(reduce_loss(l, red), t0)
     return _retype(l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lam).sum(), t0)  # PyTorch's weighted mean
+
+def _ce_losses(loss_func, pred, yb, yb1) -> tuple|None:
+    "Per-sample `F.cross_entropy` of `pred` against `yb` and `yb1`, one `log_softmax` shared, when `loss_func` is exactly torch's or fastai's cross-entropy on class indices; else `None`"
+    lf = loss_func
+    if type(lf).__name__ == 'CrossEntropyLossFlat' and type(lf).__module__ == 'fastai.losses' and not lf.floatify: lf = lf.func
+    if type(lf) is not torch.nn.CrossEntropyLoss or lf.label_smoothing or lf._forward_hooks or lf._forward_pre_hooks: return None
+    if len(yb) != 1 or len(yb1) != 1 or _global_hooks(): return None
+    p, y, y1 = _plain(pred), _plain(yb[0]), _plain(yb1[0])
+    if p.ndim != 2 or y.ndim != 1 or y.dtype != torch.long or y1.dtype != torch.long: return None
+    logp = F.log_softmax(p, 1)                                  # what `F.cross_entropy` computes first, bit for bit
+    return tuple(F.nll_loss(logp, t, lf.weight, ignore_index=lf.ignore_index, reduction='none') for t in (y, y1))
+
+def _global_hooks() -> bool:
+    "Whether global module hooks are registered (they would see the loss module called)"
+    m = torch.nn.modules.module
+    return bool(getattr(m, '_global_forward_hooks', None) or getattr(m, '_global_forward_pre_hooks', None))
 
 def _mean_weights(loss_func, yb) -> Tensor|None:
     "Per-element weights a class-weighted or ignore-index `'mean'` divides by (cross-entropy / NLL), else `None`"
