@@ -89,6 +89,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'fastai_mixaug.core._mean_weights': ('core.html#_mean_weights', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._plain': ('core.html#_plain', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._retype': ('core.html#_retype', 'fastai_mixaug/core.py'),
+                                    'fastai_mixaug.core._shared': ('core.html#_shared', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core.box_area': ('core.html#box_area', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core.box_mask': ('core.html#box_mask', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core.check_alpha': ('core.html#check_alpha', 'fastai_mixaug/core.py'),

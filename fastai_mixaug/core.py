@@ -19,7 +19,7 @@ __all__ = ['check_prob', 'check_alpha', 'check_choice', 'sched_value', 'sample_b
            'mix_batch', 'loss_reduction', 'per_sample', 'reduce_loss', 'mix_loss', 'erase', 'erase_batch']
 
 # %% ../nbs/00_core.ipynb #9dcd863b
-def _is_num(v): return isinstance(v, numbers.Real) and not isinstance(v, bool)
+def _is_num(v): return type(v) in (float, int) or (isinstance(v, numbers.Real) and not isinstance(v, bool))
 
 def check_prob(v, name:str='p'):
     "Check that `v` is a probability in [0, 1] or a schedule (a callable of `pct_train`); return it"
@@ -92,12 +92,16 @@ def sample_boxes(
     "Boxes of side `size` with a centre uniform over `spatial`, clipped to it"
     _, sp = _grid(tuple(spatial), size.device)
     if u is None: u = torch.rand(size.shape, device=size.device, generator=generator)
-    start = u.mul(sp).long().sub_(size // 2)                # in [-size/2, s)
+    start = u.mul(sp).long().sub_(torch.floor_divide(size, 2))  # in [-size/2, s); torch's functions, not operators (µs each)
     return start.clamp_min(0), (start + size).clamp_(max=sp)
 
 def box_area(lo:Tensor, hi:Tensor) -> Tensor:
     "Number of pixels in each box: the product of its sides"
     return (hi - lo).prod(-1)
+
+def _shared(*ts) -> bool:
+    "Whether every tensor in `ts` is one row expanded over the batch (`mode='batch'`): compute on the row, broadcast the result"
+    return ts[0].shape[0] > 1 and all(t.stride(0) == 0 for t in ts)
 
 def _box_sides(lo:Tensor, hi:Tensor, spatial:tuple, dtype:torch.dtype) -> list[Tensor]:
     "Per dim, 0/1 in `dtype`: whether each row (column, ...) is inside each box, shaped (bs, k, 1.., s_d, ..1) to multiply"
@@ -114,6 +118,9 @@ def box_mask(
     dtype:torch.dtype=torch.bool, # bool, or a float dtype for a 0/1 coverage (what a `lerp` weight needs)
 ) -> Tensor: # (bs, 1, *spatial): True (1) inside any of a sample's boxes
     "Mask of the pixels inside each sample's box(es)"
+    if _shared(lo, hi):                                     # 'batch' mode: one mask, broadcast over the batch (a view)
+        m = box_mask(lo.narrow(0, 0, 1), hi.narrow(0, 0, 1), spatial, dtype)
+        return m.expand(lo.shape[0], *m.shape[1:])
     m, *rest = _box_sides(lo, hi, tuple(spatial), torch.float32 if dtype == torch.bool else dtype)
     for md in rest: m = m * md                              # an outer product of the sides: (bs, 1 or k, *spatial)
     if m.shape[1] > 1: m = m.amax(1, keepdim=True)          # union of a sample's boxes
@@ -170,7 +177,7 @@ def sample_mix(
         size = area.unsqueeze(1).mul(_grid(spatial, area.device)[1]).round_().long()
         lo, hi = sample_boxes(size, spatial, generator, u.narrow(1, len(cols), nc))
         npx = math.prod(spatial)
-        kept = (npx - box_area(lo, hi)) / npx                  # exactly the share of pixels kept (1 for empty boxes)
+        kept = torch.div(torch.rsub(box_area(lo, hi), npx), npx)  # exactly the share of pixels kept (1 for empty boxes)
         if cut is None: lam, cut = kept, (torch.ones_like(kept, dtype=torch.bool) if keep is None else ~keep)
         else:
             lam = torch.where(cut, kept, lam)
@@ -223,6 +230,10 @@ def mix_weight(
     dtype:torch.dtype=torch.float32, # dtype of the weight (the input's)
 ) -> Tensor: # (bs, 1, *[1]*nd) for pure blends, else (bs, 1, *spatial)
     "Weight of each sample's own value, per sample or per pixel (1 keeps, 0 takes the partner's)"
+    if prm.lo is not None and _shared(prm.lam, prm.cut, prm.lo, prm.hi):  # 'batch' mode: one weight, broadcast (a view)
+        one = MixParams(*(t.narrow(0, 0, 1) if isinstance(t, Tensor) else t for t in prm))
+        w = mix_weight(one, None if inside is None else inside.narrow(0, 0, 1), dtype)
+        return w.expand(prm.lam.shape[0], *w.shape[1:])
     w = prm.lam.view(-1, 1, *[1] * len(prm.spatial))
     if w.dtype != dtype: w = w.to(dtype)
     if prm.lo is None: return w
@@ -295,7 +306,7 @@ def mix_batch(
     def weight(t, lead=2):
         if not pixelwise(t, lead): return prm.lam.view(-1, *[1] * (t.ndim - 1))
         if 'w' not in made: made['w'] = mix_weight(prm, made.get('cover'), dt)
-        return made['w'].view(bs, *[1]*(lead-1), *made['w'].shape[2:])
+        return made['w'] if lead == 2 else made['w'].select(1, 0)   # (bs, 1, *sp) for inputs, (bs, *sp) for targets
     xs, mixed = [], False
     for x, x0 in zip(xb, xb0):
         if isinstance(x, Tensor) and x.ndim and x.shape[0] == bs:

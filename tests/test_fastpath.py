@@ -83,3 +83,103 @@ def test_draw_and_apply_cost_a_bounded_number_of_ops(switch_prob):
             mix_batch((x,), (y,), sample_mix(bs, (8, 8), switch_prob=switch_prob))
         return sum(e.name.startswith('aten::') for e in prof.events())
     eq(count(4), count(64))
+
+
+# --- second round (fewer ops per batch) ---
+from torch import nn
+import torch.nn.functional as F
+from fastai.losses import CrossEntropyLossFlat
+from fastai_mixaug.core import sample_beta, MixParams
+
+class _SlowCE(nn.CrossEntropyLoss):
+    "Not exactly nn.CrossEntropyLoss, so `mix_loss` takes its generic path (two calls with reduction='none')"
+
+@pytest.mark.parametrize('kw', [{}, dict(weight=torch.tensor([1., 2., .5, 3.])), dict(ignore_index=2), dict(reduction='sum')])
+@pytest.mark.parametrize('flat', [False, True])
+def test_ce_fast_path_equals_the_generic_path(kw, flat):
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(8, 4, generator=g, requires_grad=True)
+    y, y1 = torch.randint(0, 4, (8,), generator=g), torch.randint(0, 4, (8,), generator=g)
+    lam = torch.rand(8, generator=g)
+    fast = CrossEntropyLossFlat(**kw) if flat else nn.CrossEntropyLoss(**kw)
+    slow = _SlowCE(**kw)
+    import fastai_mixaug.core as core
+    assert core._ce_losses(fast, pred, (y,), (y1,)) is not None and core._ce_losses(slow, pred, (y,), (y1,)) is None
+    a = mix_loss(fast, pred, (y,), (y1,), lam)
+    ga, = torch.autograd.grad(a, pred)
+    b = mix_loss(slow, pred, (y,), (y1,), lam)
+    gb, = torch.autograd.grad(b, pred)
+    assert torch.equal(_plain(a), _plain(b))                     # the value bit for bit: cross_entropy is log_softmax + nll_loss
+    assert torch.allclose(ga, gb, atol=1e-6)
+    if not kw:                                                    # and it is the λ-weighted sum by hand
+        eq(a, (lam * F.cross_entropy(pred, y, reduction='none') + (1 - lam) * F.cross_entropy(pred, y1, reduction='none')).mean())
+    eq(fast.reduction, kw.get('reduction', 'mean'))                # the loss is left as it was
+
+@pytest.mark.parametrize('lf', [nn.CrossEntropyLoss(label_smoothing=0.1), CrossEntropyLossFlat(label_smoothing=0.1)])
+def test_ce_with_label_smoothing_takes_the_generic_path(lf):
+    import fastai_mixaug.core as core
+    pred, y, y1, lam = torch.randn(6, 3), torch.arange(6) % 3, torch.arange(6).flip(0) % 3, torch.rand(6)
+    assert core._ce_losses(lf, pred, (y,), (y1,)) is None
+    ls = lambda t: F.cross_entropy(pred, t, reduction='none', label_smoothing=0.1)
+    assert torch.allclose(_plain(mix_loss(lf, pred, (y,), (y1,), lam)), (lam * ls(y) + (1 - lam) * ls(y1)).mean())
+
+def test_ce_module_hooks_are_respected():
+    import fastai_mixaug.core as core
+    lf, seen = nn.CrossEntropyLoss(), []
+    lf.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    pred, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert core._ce_losses(lf, pred, (y,), (y,)) is None
+    mix_loss(lf, pred, (y,), (y.flip(0),), torch.rand(4))
+    eq(len(seen), 2)                                             # the user's hook saw both calls
+
+@pytest.mark.parametrize('alpha', [1., 0.4, 2., 0.1, 0.01])
+def test_sample_beta_paths_have_the_beta_moments(alpha):
+    torch.manual_seed(0)
+    lam = sample_beta(alpha, 40_000)
+    assert lam.min() >= 0 and lam.max() <= 1
+    assert abs(lam.mean() - 0.5) < 0.01
+    assert abs(lam.var() - 1 / (4 * (2 * alpha + 1))) < 0.01       # Var Beta(α, α) = 1/(4(2α+1))
+    big = sample_beta(alpha, 40_000, larger=True)                 # max(λ, 1-λ): E = 1/2 + E|λ - 1/2|
+    assert big.min() >= 0.5 and big.max() <= 1
+    assert abs(big.mean() - (0.5 + (lam - 0.5).abs().mean())) < 0.01
+
+def test_sample_beta_with_one_alpha_per_draw():
+    torch.manual_seed(0)
+    a = torch.tensor([0.2, 5.]).repeat_interleave(20_000)
+    lam = sample_beta(a, a.numel())
+    for v, part in zip((0.2, 5.), lam.view(2, -1)):
+        assert abs(part.var() - 1 / (4 * (2 * v + 1))) < 0.01
+
+@pytest.mark.parametrize('switch_prob', [0., 0.5, 1.])
+@pytest.mark.parametrize('dt', [torch.float32, torch.bfloat16])
+def test_batch_mode_broadcast_weight_equals_the_materialised_one(switch_prob, dt):
+    "'batch' mode computes one weight and broadcasts it: the same numbers as per-sample weights made for every row"
+    for seed in range(4):
+        prm = sample_mix(6, (7, 9), switch_prob=switch_prob, mode='batch', generator=torch.Generator().manual_seed(seed))
+        full = MixParams(*(t.contiguous() if isinstance(t, Tensor) else t for t in prm))  # the same draw, one row per sample
+        x, m = torch.randn(6, 3, 7, 9).to(dt), torch.randint(0, 5, (6, 7, 9))
+        soft = torch.rand(6, 7, 9)                                 # a float per-pixel target, mixed as a label
+        a, b = mix_batch((x,), (m, soft), prm), mix_batch((x,), (m, soft), full)
+        for u, v in zip(a[0] + a[1], b[0] + b[1]): eq(u, v)
+        eq(mix_weight(prm, dtype=dt), mix_weight(full, dtype=dt))
+        if prm.lo is not None: eq(box_mask(prm.lo, prm.hi, (7, 9)), box_mask(full.lo, full.hi, (7, 9)))
+
+def test_cutout_batch_mode_equals_the_materialised_holes():
+    lo, hi = sample_holes(5, (8, 8), n_holes=2, length=3, mode='batch', generator=torch.Generator().manual_seed(0))
+    assert lo.stride(0) == 0
+    x, m = torch.randn(5, 3, 8, 8), torch.randint(0, 4, (5, 8, 8))
+    a = erase_batch((x,), (m,), lo, hi, mask_fill=255)
+    b = erase_batch((x,), (m,), lo.contiguous(), hi.contiguous(), mask_fill=255)
+    eq(a[0][0], b[0][0]); eq(a[1][0], b[1][0])
+    assert (a[0][0][0] == 0).any() and torch.equal(a[0][0] == 0, a[0][0][:1].expand_as(a[0][0]) == 0)
+
+@pytest.mark.parametrize('dt', [torch.float32, torch.float16, torch.uint8])
+def test_mix_input_with_the_partners_weight(dt):
+    x = (torch.rand(6, 2, 5, 5) * 100).to(dt)
+    perm = torch.randperm(6)
+    inside = (torch.rand(6, 1, 5, 5) > 0.5)
+    out = mix_input(x, perm, inside.to(torch.float32 if dt == torch.uint8 else dt), partner=True)
+    eq(out.dtype, dt); eq(out, torch.where(inside, x[perm], x))     # a paste, exact
+    if dt.is_floating_point:
+        w = torch.rand(6, 1, 1, 1).to(dt)
+        eq(mix_input(x, perm, w, partner=True), torch.lerp(x, x[perm], w))
