@@ -197,10 +197,10 @@ def sample_holes(
     generator:torch.Generator|None=None, # RNG to draw from
 ) -> tuple[Tensor, Tensor]: # `lo`, `hi`: (bs, n_holes, nd) long
     "Draw the holes of one Cutout batch"
-    n = bs if mode == 'elem' else 1
-    on = torch.rand(n, device=device, generator=generator) < p
-    size = (on.long() * length)[:, None, None].expand(n, n_holes, len(spatial))
-    lo, hi = sample_boxes(size, tuple(spatial), generator)
+    n, nd = (bs if mode == 'elem' else 1), len(spatial)
+    u = torch.rand(n, 1 + n_holes * nd, device=device, generator=generator)  # one `rand`: whether a sample has holes, centres
+    size = u.select(1, 0).lt(p).mul(length).view(n, 1, 1).expand(n, n_holes, nd)
+    lo, hi = sample_boxes(size, tuple(spatial), generator, u.narrow(1, 1, n_holes * nd).view(n, n_holes, nd))
     return (lo, hi) if n == bs else (lo.expand(bs, -1, -1), hi.expand(bs, -1, -1))
 
 # %% ../nbs/00_core.ipynb #960f61c3
@@ -430,7 +430,7 @@ def erase(
     "`x` with the pixels `inside` replaced by `fill`, out of place (a non-finite pixel inside a hole becomes NaN)"
     x0, x = x, _plain(x)
     if not x.is_floating_point(): return _retype(torch.where(inside.bool(), torch.full((), fill, dtype=x.dtype, device=x.device), x), x0)
-    cover = inside.to(x.dtype)
+    cover = inside if inside.dtype == x.dtype else inside.to(x.dtype)
     out = torch.addcmul(x, x, cover, value=-1)              # x - x·cover, exact; several times faster than `torch.where` on the CPU
     if isinstance(fill, str): out.addcmul_(torch.empty_like(x).normal_(generator=generator), cover)  # noise keeps x's layout
     elif fill != 0: out.add_(cover, alpha=fill)

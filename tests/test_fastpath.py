@@ -183,3 +183,29 @@ def test_mix_input_with_the_partners_weight(dt):
     if dt.is_floating_point:
         w = torch.rand(6, 1, 1, 1).to(dt)
         eq(mix_input(x, perm, w, partner=True), torch.lerp(x, x[perm], w))
+
+# each torch op costs 10-20 µs inside `fit` on a small model (cold caches after the backward pass): the count is the cost
+OP_BUDGET = {1.: 15, 0.: 41, .5: 52}   # MixUp, CutMix, CutMixUp: draw + apply + mixed cross-entropy, as measured at 9b99a85+
+
+def _top_ops(f):
+    from torch.profiler import profile, ProfilerActivity
+    f()
+    with profile(activities=[ProfilerActivity.CPU]) as prof: f()
+    return [e.name for e in prof.events() if e.name.startswith('aten::') and (e.cpu_parent is None or not e.cpu_parent.name.startswith('aten::'))]
+
+@pytest.mark.parametrize('switch_prob', OP_BUDGET)
+def test_op_count_per_batch_stays_within_budget(switch_prob):
+    "A regression guard, not a timing: the number of torch ops one batch costs (draw, mix, mixed loss)"
+    x, y, pred = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)), torch.randn(64, 10, requires_grad=True)
+    lf = torch.nn.CrossEntropyLoss()
+    def one():
+        xb, yb, yb1, lam = mix_batch((x,), (y,), sample_mix(64, (28, 28), switch_prob=switch_prob))
+        mix_loss(lf, pred, yb, yb1, lam)
+    ops = _top_ops(one)
+    assert len(ops) <= OP_BUDGET[switch_prob], ops
+    assert 'aten::where' not in ops or switch_prob == .5            # no per-pixel `where` (slow on the CPU)
+
+def test_cutout_op_count_stays_within_budget():
+    x = torch.randn(64, 1, 28, 28)
+    ops = _top_ops(lambda: erase_batch((x,), (), *sample_holes(64, (28, 28), length=14)))
+    assert len(ops) <= 26, ops
