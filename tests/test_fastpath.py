@@ -208,4 +208,31 @@ def test_op_count_per_batch_stays_within_budget(switch_prob):
 def test_cutout_op_count_stays_within_budget():
     x = torch.randn(64, 1, 28, 28)
     ops = _top_ops(lambda: erase_batch((x,), (), *sample_holes(64, (28, 28), length=14)))
-    assert len(ops) <= 26, ops
+    assert len(ops) <= 29, ops
+
+@pytest.mark.parametrize('dt', [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.uint8, torch.int64])
+@pytest.mark.parametrize('fill', [0, 3, -2.5, 'normal'])
+def test_bitwise_erase_is_the_where_formula_for_every_value(dt, fill):
+    "Cutout works on the bits: holes get exactly `fill`, every other pixel (inf and NaN included) is untouched"
+    if not dt.is_floating_point and fill in (-2.5, 'normal'): return
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 3, 6, 7, generator=g) * 50).to(dt)
+    if dt.is_floating_point: x[0, 0, 0, :3] = torch.tensor([float('inf'), float('nan'), float('-inf')]).to(dt)
+    lo, hi = sample_holes(4, (6, 7), n_holes=2, length=3, generator=g)
+    lo[0, 0] = 0; hi[0, 0] = torch.tensor([1, 2])                 # two of the non-finite pixels in a hole
+    inside, x0 = box_mask(lo, hi, (6, 7)), x.clone()
+    (out,), _ = erase_batch((x,), (), lo, hi, fill, generator=torch.Generator().manual_seed(1))
+    val = torch.empty_like(x).normal_(generator=torch.Generator().manual_seed(1)) if fill == 'normal' else torch.full((), fill, dtype=dt)
+    ref = torch.where(inside, val, x)
+    eq(out.dtype, dt)
+    assert torch.equal(out.view(torch.uint8), ref.view(torch.uint8)) if dt != torch.uint8 else torch.equal(out, ref)  # bit for bit
+    assert torch.equal(x.view(torch.uint8) if dt != torch.uint8 else x, x0.view(torch.uint8) if dt != torch.uint8 else x0)  # out of place
+
+def test_bitwise_erase_keeps_the_layout_and_masks():
+    x = torch.randn(4, 3, 8, 8).to(memory_format=torch.channels_last)
+    m = torch.randint(0, 5, (4, 8, 8), dtype=torch.uint8)
+    lo, hi = sample_holes(4, (8, 8), length=3, generator=torch.Generator().manual_seed(0))
+    (out,), (mo,) = erase_batch((x,), (m,), lo, hi, mask_fill=255)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    inside = box_mask(lo, hi, (8, 8))
+    eq(out, torch.where(inside, 0., x)); eq(mo, torch.where(inside[:, 0], 255, m).to(torch.uint8))
