@@ -21,6 +21,7 @@ from torch.profiler import profile, ProfilerActivity
 from fastai.learner import Learner
 from fastai.test_utils import synth_dbunch
 from fastai.losses import CrossEntropyLossFlat
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout, whatever is pip-installed
 import fastai_mixaug
 from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout
 
@@ -524,13 +525,13 @@ def main(argv=None):
     try:  # which library code was measured
         import subprocess
         git = subprocess.run(['git', 'describe', '--always', '--dirty'], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent).stdout.strip() or 'unknown'
+                             cwd=Path(fastai_mixaug.__file__).resolve().parent).stdout.strip() or 'unknown'
     except Exception: git = 'unknown'
     dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or platform.machine())
     cmd = ' '.join(['python benchmarks/bench.py'] + list(argv if argv is not None else sys.argv[1:]))
     header = (f"# fastai_mixaug benchmark ({device.type}{', quick' if a.quick else ''})\n\n`{cmd}`\n\n"
               f"torch {torch.__version__}, torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}, device: {dev_name}; "
-              f"fastai_mixaug {fastai_mixaug.__version__} (git {git}), fastai {fastai.__version__}, timm {timm.__version__}, "
+              f"fastai_mixaug {fastai_mixaug.__version__} (git {git}, {Path(fastai_mixaug.__file__).parent}), fastai {fastai.__version__}, timm {timm.__version__}, "
               f"torchvision {torchvision.__version__}, kornia {kornia.__version__}; {reps} timed reps after {warmup} warm-up, "
               f"interleaved, medians of {'wall-clock time' if a.clock == 'wall' else 'the CPU time of the calling thread'}." + (f" Load average at start: {', '.join(f'{v:.1f}' for v in os.getloadavg())}." if hasattr(os, 'getloadavg') else ''))
     print(header.replace('`', ''), flush=True)
