@@ -231,7 +231,7 @@ def mix_weight(
     dtype:torch.dtype=torch.float32, # dtype of the weight (the input's)
 ) -> Tensor: # (bs, 1, *[1]*nd) for pure blends, else (bs, 1, *spatial)
     "Weight of each sample's own value, per sample or per pixel (1 keeps, 0 takes the partner's)"
-    if prm.lo is not None and _shared(prm.lam, prm.cut, prm.lo, prm.hi):  # 'batch' mode: one weight, broadcast (a view)
+    if prm.lo is not None and _shared(*(t for t in (prm.lam, prm.cut, prm.lo, prm.hi) if t is not None)):  # 'batch' mode: one weight
         one = MixParams(*(t.narrow(0, 0, 1) if isinstance(t, Tensor) else t for t in prm))
         w = mix_weight(one, None if inside is None else inside.narrow(0, 0, 1), dtype)
         return w.expand(prm.lam.shape[0], *w.shape[1:])
@@ -397,7 +397,9 @@ def mix_loss(
 def _ce_losses(loss_func, pred, yb, yb1) -> tuple|None:
     "Per-sample `F.cross_entropy` of `pred` against `yb` and `yb1`, one `log_softmax` shared, when `loss_func` is exactly torch's or fastai's cross-entropy on class indices; else `None`"
     lf = loss_func
-    if type(lf).__name__ == 'CrossEntropyLossFlat' and type(lf).__module__ == 'fastai.losses' and not lf.floatify: lf = lf.func
+    if type(lf).__name__ == 'CrossEntropyLossFlat' and type(lf).__module__ == 'fastai.losses':
+        if lf.floatify or lf.axis not in (-1, 1) or (lf.flatten and not lf.is_2d): return None
+        lf = lf.func
     if type(lf) is not torch.nn.CrossEntropyLoss or lf.label_smoothing or lf._forward_hooks or lf._forward_pre_hooks: return None
     if len(yb) != 1 or len(yb1) != 1 or _global_hooks(): return None
     p, y, y1 = _plain(pred), _plain(yb[0]), _plain(yb1[0])

@@ -236,3 +236,16 @@ def test_bitwise_erase_keeps_the_layout_and_masks():
     assert out.is_contiguous(memory_format=torch.channels_last)
     inside = box_mask(lo, hi, (8, 8))
     eq(out, torch.where(inside, 0., x)); eq(mo, torch.where(inside[:, 0], 255, m).to(torch.uint8))
+
+def test_ce_fast_path_only_for_the_class_axis():
+    import fastai_mixaug.core as core
+    pred, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert core._ce_losses(CrossEntropyLossFlat(axis=0), pred, (y,), (y,)) is None       # another axis: the loss is called
+    assert core._ce_losses(CrossEntropyLossFlat(axis=1), pred, (y,), (y,)) is not None
+    assert core._ce_losses(nn.CrossEntropyLoss(), pred, (y.int(),), (y.int(),)) is None   # what torch's CE would reject stays its call
+    assert core._ce_losses(nn.CrossEntropyLoss(), pred, (torch.rand(4, 3),), (torch.rand(4, 3),)) is None  # soft targets
+
+def test_batch_mode_weight_without_cut_flags():
+    "A hand-made pure-CutMix draw may leave `cut` out: the weight is still the box"
+    prm = sample_mix(4, (6, 6), switch_prob=0., mode='batch', generator=torch.Generator().manual_seed(0))
+    eq(mix_weight(prm._replace(cut=None)), 1 - box_mask(prm.lo, prm.hi, (6, 6)).float())
