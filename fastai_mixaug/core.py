@@ -112,6 +112,16 @@ def _box_sides(lo:Tensor, hi:Tensor, spatial:tuple, dtype:torch.dtype, off:int=0
     return [(md if s == ar.shape[0] else md.narrow(-1, 0, s)).view(lead[0], math.prod(lead[1:]), *[s if i == d else 1 for i in range(nd)])
             for d, (md, s) in enumerate(zip(inside.unbind(-2), spatial))]
 
+def _boxes(lo:Tensor, hi:Tensor, spatial:tuple, dtype:torch.dtype, inside:bool=True) -> Tensor:
+    "(bs, 1, *spatial) in `dtype`: 1 inside any box, 0 outside; or (`inside=False`, signed integers) 0 inside, -1 outside"
+    if _shared(lo, hi):                                     # 'batch' mode: one mask, broadcast over the batch (a view)
+        m = _boxes(lo.narrow(0, 0, 1), hi.narrow(0, 0, 1), spatial, dtype, inside)
+        return m.expand(lo.shape[0], *m.shape[1:])
+    m, *rest = _box_sides(lo, hi, tuple(spatial), torch.float32 if dtype == torch.bool else dtype, off=0 if inside else -1)
+    for md in rest: m = m * md if inside else m | md        # in a box: in all its sides (an outer product); out: out of one
+    if m.shape[1] > 1: m = m.amax(1, keepdim=True)          # over a sample's boxes: inside any (1), outside all (-1)
+    return m.bool() if dtype == torch.bool else m
+
 def box_mask(
     lo:Tensor, # (bs, nd) or (bs, k, nd) long: box starts
     hi:Tensor, # same shape: box ends (exclusive)
@@ -119,13 +129,7 @@ def box_mask(
     dtype:torch.dtype=torch.bool, # bool, or a float dtype for a 0/1 coverage (what a `lerp` weight needs)
 ) -> Tensor: # (bs, 1, *spatial): True (1) inside any of a sample's boxes
     "Mask of the pixels inside each sample's box(es)"
-    if _shared(lo, hi):                                     # 'batch' mode: one mask, broadcast over the batch (a view)
-        m = box_mask(lo.narrow(0, 0, 1), hi.narrow(0, 0, 1), spatial, dtype)
-        return m.expand(lo.shape[0], *m.shape[1:])
-    m, *rest = _box_sides(lo, hi, tuple(spatial), torch.float32 if dtype == torch.bool else dtype)
-    for md in rest: m = m * md                              # an outer product of the sides: (bs, 1 or k, *spatial)
-    if m.shape[1] > 1: m = m.amax(1, keepdim=True)          # union of a sample's boxes
-    return m.bool() if dtype == torch.bool else m
+    return _boxes(lo, hi, spatial, dtype)
 
 # %% ../nbs/00_core.ipynb #ba4f5729
 class MixParams(NamedTuple):
@@ -387,12 +391,11 @@ def mix_loss(
     if l0.ndim == 0 or l0.numel() % bs:
         raise ValueError(f"with reduction='none', loss_func returned shape {tuple(l0.shape)}, not per-sample losses for bs={bs}")
     if lam.dtype != l0.dtype: lam = lam.to(l0.dtype)
-    lam = lam.unsqueeze(1)                                       # (bs, 1): per-pixel losses get their sample's λ
-    if l0.ndim == 1 and l0.shape[0] == bs: l = torch.lerp(l1, l0, lam.view(bs))  # one loss per sample
-    else: l = torch.lerp(l1.reshape(bs, -1), l0.reshape(bs, -1), lam).view(l0.shape)
+    if l0.ndim == 1 and l0.shape[0] == bs: l = torch.lerp(l1, l0, lam)  # one loss per sample
+    else: l = torch.lerp(l1.reshape(bs, -1), l0.reshape(bs, -1), lam.unsqueeze(1)).view(l0.shape)  # per pixel: its sample's λ
     w0, w1 = _mean_weights(loss_func, yb), _mean_weights(loss_func, yb1)
     if red != 'mean' or w0 is None or w0.numel() != l.numel(): return _retype(reduce_loss(l, red), t0)
-    return _retype(l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lam).sum(), t0)  # PyTorch's weighted mean
+    return _retype(l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lam.unsqueeze(1)).sum(), t0)  # PyTorch's weighted mean
 
 def _ce_losses(loss_func, pred, yb, yb1) -> tuple|None:
     "Per-sample `F.cross_entropy` of `pred` against `yb` and `yb1`, one `log_softmax` shared, when `loss_func` is exactly torch's or fastai's cross-entropy on class indices; else `None`"
@@ -429,16 +432,6 @@ def _int_view(dtype:torch.dtype) -> torch.dtype|None:
     if dtype == torch.bool or dtype.is_complex: return None
     return {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
 
-def _keep_bits(lo:Tensor, hi:Tensor, spatial:tuple, dtype:torch.dtype) -> Tensor:
-    "(bs, 1, *spatial) of signed integer `dtype`: 0 inside any box, -1 (every bit set) outside"
-    if _shared(lo, hi):                                     # 'batch' mode: one mask, broadcast over the batch (a view)
-        k = _keep_bits(lo.narrow(0, 0, 1), hi.narrow(0, 0, 1), spatial, dtype)
-        return k.expand(lo.shape[0], *k.shape[1:])
-    keep = None
-    for side in _box_sides(lo, hi, tuple(spatial), dtype, off=-1):  # per dim: 0 inside, -1 outside (small)
-        keep = side if keep is None else keep | side         # outside a box = outside one of its sides
-    return keep.amax(1, keepdim=True) if keep.shape[1] > 1 else keep  # -1 only outside every box
-
 def _erase(x:Tensor, keep:Tensor, fill:float|str, generator=None) -> Tensor:
     "`x` (plain) with the pixels where `keep` is 0 replaced by `fill`: bitwise, out of place"
     it = _int_view(x.dtype)
@@ -473,7 +466,7 @@ def erase_batch(
     sp, bs = tuple(px[0].shape[2:]), px[0].shape[0]
     erased = [isinstance(p, Tensor) and p.shape[0] == bs and tuple(p.shape[2:]) == sp for p in px]
     dt = next((p.dtype for p, e in zip(px, erased) if e), torch.float32)
-    keep = _keep_bits(lo, hi, sp, _int_view(dt) or torch.int8)
+    keep = _boxes(lo, hi, sp, _int_view(dt) or torch.int8, inside=False)  # 0 in the holes, -1 (every bit) outside
     xs = tuple(_retype(_erase(p, keep, fill, generator), x) if e else x for x, p, e in zip(xb, px, erased))
     if mask_fill is None: return xs, yb
     ys = []
