@@ -7,15 +7,17 @@ from __future__ import annotations
 import math, numbers
 import torch
 from torch import Tensor
-from fastcore.basics import store_attr, class2attr
+from fastcore.basics import store_attr, class2attr, patch
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.torch_core import rank_distrib
 from .core import *
 from .core import _is_num, _plain
+from .masks import sample_fmix, sample_resizemix, check_scale
+from .hidden import Site, hidden_sites, find_sites, representation_site
 
 # %% auto #0
-__all__ = ['MixAugCallback', 'MixCallback', 'MixUp', 'CutMix', 'CutMixUp', 'Cutout']
+__all__ = ['MixAugCallback', 'MixCallback', 'MixUp', 'CutMix', 'CutMixUp', 'FMix', 'ResizeMix', 'ManifoldMixUp', 'Cutout']
 
 # %% ../nbs/01_callback.ipynb #62e5bebc
 def _check_off_last(v):
@@ -76,49 +78,107 @@ class MixAugCallback(Callback):
 
 # %% ../nbs/01_callback.ipynb #9aa92dd4
 class MixCallback(MixAugCallback):
-    "Base of the mixing callbacks: mixes `xb` and `yb` in `before_batch`, and the loss in `after_loss` when needed"
+    "Base of the mixing callbacks: mixes `xb` (or a hidden state) and `yb` in `before_batch`, and the loss in `after_loss` when needed"
     order = 1
     def __init__(self, p=1., mode='elem', mix_target='auto', seed=None, off_last=None):
         super().__init__(p, mode, seed, off_last)
         self.mix_target = check_choice(mix_target, 'mix_target', ('auto', 'loss', 'label'))
-        self._yb1 = self._lam = None
-        self._checked = False
+        self._yb1 = self._lam = self._prm = self._sites = self._site = self._cpu_gen = self._model = None
+        self._handles, self._fired, self._checked, self._probed, self._loss_ok = [], False, False, False, False
 
-    def _alphas(self, pct) -> dict: raise NotImplementedError
+    def _params(self, pct:float) -> dict: raise NotImplementedError  # this batch's sampler arguments (schedules evaluated)
+    def _sample(self, x:Tensor, p:float, **kw) -> MixParams: raise NotImplementedError  # one draw for input `x`
+    def _where(self, model) -> list[Site]|None: return None  # where to mix: `None` for the inputs `xb`, else hidden states
 
     def before_fit(self):
-        "Refuse a second mixing callback, before anything runs"
+        "Refuse a second mixing callback, and find where to mix, before anything runs"
         others = [type(cb).__name__ for cb in self.learn.cbs if isinstance(cb, MixCallback) and cb is not self]
         if others: raise ValueError(f"{type(self).__name__} cannot run with {', '.join(others)} on one learner: "
                                     "to combine MixUp and CutMix use CutMixUp (`learn.cutmixup()`)")
-        self._checked = False
+        self._disarm()
+        self._locate()
+        self._checked = self._probed = self._loss_ok = False
+
+    def _locate(self):
+        "Find where to mix in the learner's model (again only if the model changed)"
+        self._set(_sites=self._where(self.learn.model), _model=self.learn.model)
 
     def draw(self, x:Tensor, force:bool=False) -> MixParams|None:
         "Sample this batch's parameters for input `x` (`None` when the augmentation is off for this batch, unless `force`)"
         pct = self._pct()
         p = sched_value(self.p, pct, 'p', 0., 1.)
-        kw = self._alphas(pct)
-        off = p == 0 or self._off() or all(v == 0 for k, v in kw.items() if k.endswith('alpha'))  # α=0 from a schedule: off
+        kw = self._params(pct)
+        alphas = [v for k, v in kw.items() if k.endswith('alpha')]
+        off = p == 0 or self._off() or (bool(alphas) and all(v == 0 for v in alphas))  # α=0 from a schedule: off
         if off and not force: return None
         if off: p = 0.
-        kw = {k: (max(v, 1e-6) if k.endswith('alpha') else v) for k, v in kw.items()}
-        sp = self._spatial(x) if kw['switch_prob'] < 1 else tuple(x.shape[2:])
-        return sample_mix(x.shape[0], sp, p=p, mode=self.mode, device=x.device, generator=self._rng(x.device), **kw)
+        return self._sample(x, p, **{k: (max(v, 1e-6) if k.endswith('alpha') else v) for k, v in kw.items()})
 
     def before_batch(self):
-        "Mix the inputs and targets of this training batch"
+        "Mix the inputs (or arm the hidden-state hook) and the targets of this training batch"
         learn = self.learn
-        self._set(_yb1=None, _lam=None)
+        self._set(_yb1=None, _lam=None, _prm=None)
+        if self._model is not learn.model: self._locate()         # driven without `fit` (by hand, `show_mix_batch`)
         x = self._x()
         prm = self.draw(x)
         if prm is None and self._checked: return
-        xb, yb, yb1, lam = mix_batch(learn.xb, learn.yb, prm or self.draw(x, force=True), self.mix_target,
-                                     getattr(learn.dls, 'c', None) if self.mix_target == 'label' else None)  # dls.c: ~0.3 ms
+        drawn = prm or self.draw(x, force=True)
+        n = getattr(learn.dls, 'c', None) if self.mix_target == 'label' else None   # dls.c: ~0.3 ms
+        if self._sites is None: xb, yb, yb1, lam = mix_batch(learn.xb, learn.yb, drawn, self.mix_target, n)
+        else: xb, (yb, yb1, lam) = learn.xb, mix_targets(learn.yb, drawn, self.mix_target, n)
         if lam is not None: loss_reduction(learn.loss_func)  # fail now, before the forward pass, if it can't be mixed
         self._set(_checked=True)                                  # the first batch is checked even when the mix is off
         if prm is None: return
+        if self._sites is not None: self._arm(prm)
+        relabelled = lam is None and any(a is not b for a, b in zip(yb, learn.yb))
         learn.xb, learn.yb = xb, yb
-        self._set(_yb1=yb1, _lam=lam)
+        self._set(_yb1=yb1, _lam=lam, _prm=prm, _loss_ok=self._loss_ok or not relabelled)
+
+    def _arm(self, prm:MixParams):
+        "Hook the site drawn for this batch; on the first batch, also check that every site gives a state that can be mixed"
+        site = self._sites[self._pick()]
+        def mixed(h): self._set(_fired=True); return mix_hidden(h, prm, f"the {'input' if site.pre else 'output'} of module {site.name!r}")
+        hook = (lambda m, args: mixed(args)) if site.pre else (lambda m, args, out: mixed(out))
+        probes = [] if self._probed else [s for s in self._sites if s is not site]
+        def probe(s):
+            what = f"the {'input' if s.pre else 'output'} of module {s.name!r}"
+            def check(m, args, out=None): mix_hidden(args if s.pre else out, prm, what)  # raises if it cannot be mixed
+            return s.module.register_forward_pre_hook(check) if s.pre else s.module.register_forward_hook(check)
+        self._set(_fired=False, _site=site, _probed=True)
+        self._handles += [site.module.register_forward_pre_hook(hook, prepend=True) if site.pre else
+                          site.module.register_forward_hook(hook, prepend=True)] + [probe(s) for s in probes]
+
+    def _pick(self) -> int:
+        "Index of the site for this batch, uniform; drawn on the CPU (no device sync), from `seed + rank` with `seed`"
+        n = len(self._sites)
+        if n == 1: return 0
+        if self.seed is not None and self._cpu_gen is None: self._set(_cpu_gen=torch.Generator().manual_seed(self.seed + rank_distrib()))
+        return int(torch.randint(n, (), generator=self._cpu_gen))
+
+    def _disarm(self):
+        "Remove this batch's hooks: the model is left with exactly the hooks it had"
+        for h in self._handles: h.remove()
+        self._handles.clear()
+
+    def after_pred(self):
+        "Unhook right after the forward pass; a site that never ran is an error (the targets are mixed, the state would not be)"
+        if self._handles:
+            self._disarm()
+            if not self._fired: raise ValueError(f"{type(self).__name__}: module {self._site.name!r} did not run in the forward pass, so its "
+                                                 "output could not be mixed: choose modules the model calls (`modules=`)")
+        if self._prm is not None and not self._loss_ok: self._check_loss()
+
+    def _check_loss(self):
+        "On the first batch with mixed targets, whether the loss takes them (soft labels): a clear error instead of one from inside the loss"
+        learn = self.learn
+        self._set(_loss_ok=True)
+        try:
+            with torch.no_grad(): learn.loss_func(learn.pred, *learn.yb)
+        except Exception as e:
+            shapes = ', '.join(f"{t.dtype} {tuple(t.shape)}" for t in learn.yb if isinstance(t, Tensor))
+            raise TypeError(f"{type(self).__name__}: loss_func {learn.loss_func!r} failed on the mixed targets ({shapes}): "
+                            f"{type(e).__name__}: {e}. With mix_target='label' the targets are soft (one-hot mixed): use a loss that "
+                            "takes class probabilities (nn.CrossEntropyLoss, BCEWithLogitsLossFlat), or mix_target='auto'") from e
 
     def after_loss(self):
         "Replace the loss of this batch by the λ-weighted loss, when the targets need it"
@@ -127,10 +187,19 @@ class MixCallback(MixAugCallback):
         learn.loss_grad = mix_loss(learn.loss_func, learn.pred, learn.yb, self._yb1, self._lam)
         learn.loss = learn.loss_grad.clone()
 
-    def after_batch(self): self._set(_yb1=None, _lam=None)
+    def after_batch(self): self._disarm(); self._set(_yb1=None, _lam=None, _prm=None)
+    def after_cancel_batch(self): self._disarm()
+    def after_fit(self): self._disarm()
+    def after_cancel_fit(self): self._disarm()
 
 # %% ../nbs/01_callback.ipynb #57c78d1c
-class MixUp(MixCallback):
+class _BlendBox(MixCallback):
+    "MixUp, CutMix and CutMixUp: one `sample_mix` draw"
+    def _sample(self, x, p, **kw):
+        sp = self._spatial(x) if kw['switch_prob'] < 1 else tuple(x.shape[2:])
+        return sample_mix(x.shape[0], sp, p=p, mode=self.mode, device=x.device, generator=self._rng(x.device), **kw)
+
+class MixUp(_BlendBox):
     "MixUp (https://arxiv.org/abs/1710.09412): blend each sample with a random partner, λ ~ Beta(α, α) per sample"
     def __init__(self,
         alpha:float=0.4, # α of Beta(α, α) (or a schedule); each sample keeps max(λ, 1-λ) of itself
@@ -142,9 +211,13 @@ class MixUp(MixCallback):
     ):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.alpha = check_alpha(alpha, 'alpha')
-    def _alphas(self, pct): return dict(mixup_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=1.)
+    def _params(self, pct): return dict(mixup_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=1.)
+    def _where(self, model):
+        "The inputs; for a `TabularModel`, the row as the model builds it (its categories are codes, they cannot be blended)"
+        site = representation_site(model)
+        return None if site is None else [site]
 
-class CutMix(MixCallback):
+class CutMix(_BlendBox):
     "CutMix (https://arxiv.org/abs/1905.04899): paste a box of a random partner into each sample, λ from the exact area"
     def __init__(self,
         alpha:float=1., # α of Beta(α, α) for the box area 1-λ (or a schedule)
@@ -156,9 +229,9 @@ class CutMix(MixCallback):
     ):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.alpha = check_alpha(alpha, 'alpha')
-    def _alphas(self, pct): return dict(cutmix_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=0.)
+    def _params(self, pct): return dict(cutmix_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=0.)
 
-class CutMixUp(MixCallback):
+class CutMixUp(_BlendBox):
     "MixUp or CutMix for each sample (https://arxiv.org/abs/1710.09412, https://arxiv.org/abs/1905.04899), in one pass"
     def __init__(self,
         mixup_alpha:float=0.4, # α of Beta(α, α) for blended samples (or a schedule)
@@ -173,8 +246,88 @@ class CutMixUp(MixCallback):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.mixup_alpha, self.cutmix_alpha = check_alpha(mixup_alpha, 'mixup_alpha'), check_alpha(cutmix_alpha, 'cutmix_alpha')
         self.switch_prob = check_prob(switch_prob, 'switch_prob')
-    def _alphas(self, pct): return dict(mixup_alpha=sched_value(self.mixup_alpha, pct, 'mixup_alpha'),
+    def _params(self, pct): return dict(mixup_alpha=sched_value(self.mixup_alpha, pct, 'mixup_alpha'),
         cutmix_alpha=sched_value(self.cutmix_alpha, pct, 'cutmix_alpha'), switch_prob=sched_value(self.switch_prob, pct, 'switch_prob', 0., 1.))
+
+# %% ../nbs/01_callback.ipynb #c98e9956
+class FMix(MixCallback):
+    "FMix (https://arxiv.org/abs/2002.12047): paste a random low-frequency region of a random partner into each sample, λ exact"
+    def __init__(self,
+        alpha:float=1., # α of Beta(α, α) for the share λ each sample keeps (or a schedule)
+        decay_power:float=3., # the masks' spectrum decays as 1/f^decay_power: larger gives smoother, larger blobs
+        p:float=1., # probability that a sample is mixed (or a schedule)
+        mode:str='elem', # 'elem': a mask per sample; 'batch': one mask for the batch (the paper's code)
+        mix_target:str='auto', # 'auto' (from the targets), 'loss' or 'label': see `target_kind`
+        seed:int|None=None, # seed of the callback's own RNG (`seed + rank`); `None`: torch's global RNG
+        off_last:int|float|None=None, # switch off for the last N epochs (int) or fraction of training (float)
+    ):
+        super().__init__(p, mode, mix_target, seed, off_last)
+        self.alpha = check_alpha(alpha, 'alpha')
+        if not _is_num(decay_power): raise TypeError(f"`decay_power` must be a number > 0, got {decay_power!r}")
+        if not (decay_power > 0 and math.isfinite(decay_power)): raise ValueError(f"`decay_power` must be a finite number > 0, got {decay_power}")
+        self.decay_power = decay_power
+    def _params(self, pct): return dict(alpha=sched_value(self.alpha, pct, 'alpha'))
+    def _sample(self, x, p, alpha):
+        return sample_fmix(x.shape[0], self._spatial(x), alpha, self.decay_power, p, self.mode, x.device, self._rng(x.device))
+
+class ResizeMix(MixCallback):
+    "ResizeMix (https://arxiv.org/abs/2012.11101): paste a random partner, whole and shrunk, into each sample, λ from the exact area"
+    def __init__(self,
+        scale:tuple=(0.1, 0.8), # the paste's side over the image's, τ ~ U(scale), with 0 < lo <= hi < 1
+        p:float=1., # probability that a sample is mixed (or a schedule)
+        mode:str='elem', # 'elem': a scale and place per sample; 'batch': one for the batch
+        mix_target:str='auto', # 'auto' (from the targets), 'loss' or 'label': see `target_kind`
+        seed:int|None=None, # seed of the callback's own RNG (`seed + rank`); `None`: torch's global RNG
+        off_last:int|float|None=None, # switch off for the last N epochs (int) or fraction of training (float)
+    ):
+        super().__init__(p, mode, mix_target, seed, off_last)
+        self.scale = check_scale(scale, 'scale')
+    def _params(self, pct): return {}
+    def _sample(self, x, p):
+        return sample_resizemix(x.shape[0], self._spatial(x), self.scale, p, self.mode, x.device, self._rng(x.device))
+
+# %% ../nbs/01_callback.ipynb #6458b2e9
+def _check_modules(v):
+    "`modules` as a list (or `None`), checked for type"
+    if v is None: return v
+    if isinstance(v, (str, torch.nn.Module)): v = [v]
+    if not isinstance(v, (list, tuple)) or not v or not all(isinstance(m, (str, torch.nn.Module)) for m in v):
+        raise TypeError(f"`modules` must be None, or a non-empty list of modules of the model or their names (str), got {v!r}")
+    return list(v)
+
+class ManifoldMixUp(MixCallback):
+    "Manifold Mixup (https://arxiv.org/abs/1806.05236): blend a hidden state of each sample with a random partner's, at one module per batch"
+    def __init__(self,
+        alpha:float=2., # α of Beta(α, α) (or a schedule); each sample keeps max(λ, 1-λ) of itself (the paper: α=2)
+        modules:list|None=None, # modules whose output may be mixed (objects or names in `learn.model.named_modules()`); `None`: by architecture
+        p:float=1., # probability that a sample is mixed (or a schedule)
+        mode:str='elem', # 'elem': λ per sample; 'batch': one λ for the batch
+        mix_target:str='auto', # 'auto' (from the targets), 'loss' or 'label': see `target_kind`
+        seed:int|None=None, # seed of the callback's own RNGs (`seed + rank`); `None`: torch's global RNG
+        off_last:int|float|None=None, # switch off for the last N epochs (int) or fraction of training (float)
+    ):
+        super().__init__(p, mode, mix_target, seed, off_last)
+        self.alpha, self.modules = check_alpha(alpha, 'alpha'), _check_modules(modules)
+    def _params(self, pct): return dict(mixup_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=1.)
+    def _sample(self, x, p, **kw):
+        return sample_mix(x.shape[0], tuple(x.shape[2:]), p=p, mode=self.mode, device=x.device, generator=self._rng(x.device), **kw)
+    def _where(self, model): return hidden_sites(model) if self.modules is None else find_sites(model, self.modules)
+    @property
+    def sites(self) -> list[Site]|None:
+        "Where this callback mixes in the learner's model (checked), one drawn per batch"
+        return self._where(self.learn.model) if getattr(self, 'learn', None) is not None else None
+
+_fastai_one_batch = getattr(Learner.one_batch, '_fastai', Learner.one_batch)
+
+@patch
+def one_batch(self:Learner, i, b):
+    "fastai's `one_batch`; then, whatever happened in it (an exception, Ctrl-C), no hook of a fastai_mixaug callback is left on the model"
+    try: _fastai_one_batch(self, i, b)
+    finally:
+        for cb in self.cbs:
+            if isinstance(cb, MixCallback) and cb._handles: cb._disarm()
+
+Learner.one_batch._fastai = _fastai_one_batch
 
 # %% ../nbs/01_callback.ipynb #2451c09f
 class Cutout(MixAugCallback):

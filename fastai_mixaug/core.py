@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['check_prob', 'check_alpha', 'check_choice', 'sched_value', 'sample_beta', 'sample_boxes', 'box_area', 'box_mask',
-           'MixParams', 'sample_mix', 'sample_holes', 'mix_weight', 'mix_input', 'target_kind', 'mix_label',
-           'mix_batch', 'loss_reduction', 'per_sample', 'reduce_loss', 'mix_loss', 'erase', 'erase_batch']
+           'MixParams', 'sample_mix', 'sample_holes', 'mix_weight', 'mix_input', 'paste_resized', 'target_kind',
+           'mix_label', 'mix_targets', 'mix_batch', 'mix_hidden', 'loss_reduction', 'per_sample', 'reduce_loss',
+           'mix_loss', 'erase', 'erase_batch']
 
 # %% ../nbs/00_core.ipynb #9dcd863b
 def _is_num(v): return type(v) in (float, int) or (isinstance(v, numbers.Real) and not isinstance(v, bool))
@@ -133,14 +134,16 @@ def box_mask(
 
 # %% ../nbs/00_core.ipynb #ba4f5729
 class MixParams(NamedTuple):
-    "Replayable parameters of one MixUp / CutMix / CutMixUp draw"
+    "Replayable parameters of one MixUp / CutMix / CutMixUp / FMix / ResizeMix draw"
     perm:Tensor # (bs,) long: the partner of each sample
     lam:Tensor # (bs,) float32: share of each sample that is itself (1 = unchanged)
-    cut:Tensor|None=None # (bs,) bool: samples pasted with a box rather than blended; `None` if none can be
-    lo:Tensor|None=None # (bs, nd) long: box starts (empty boxes where not cut); `None` if none can be cut
+    cut:Tensor|None=None # (bs,) bool: samples pasted rather than blended; `None` if none can be
+    lo:Tensor|None=None # (bs, nd) long: box starts (empty boxes where not cut); `None` if no sample has a box
     hi:Tensor|None=None # (bs, nd) long: box ends (exclusive)
-    spatial:tuple=() # spatial shape the boxes live in
-    blend:bool=True # whether any sample can be blended (False for pure CutMix)
+    spatial:tuple=() # spatial shape the boxes and masks live in
+    blend:bool=True # whether any sample can be blended (False for CutMix, FMix, ResizeMix)
+    mask:Tensor|None=None # (bs, 1, *spatial) bool: True where the partner's pixel is taken (FMix); `None`: the boxes say where
+    resize:bool=False # whether each box holds the whole partner resized to it (ResizeMix), rather than the partner's pixels there
 
     def to(self, device):
         "The same parameters on `device`"
@@ -229,21 +232,26 @@ def _gather(x:Tensor, perm:Tensor) -> Tensor:
     if x.is_contiguous(): return torch.index_select(x, 0, perm)
     return torch.index_select(x, 0, perm, out=torch.empty_like(x))      # channels_last stays channels_last
 
+def _cover(prm:MixParams, dtype:torch.dtype) -> Tensor:
+    "(bs, 1, *spatial) in `dtype`: 1 where the partner's pixel is taken (the boxes, or FMix's mask), 0 elsewhere"
+    if prm.mask is None: return box_mask(prm.lo, prm.hi, prm.spatial, dtype)
+    if _shared(prm.mask): return prm.mask.narrow(0, 0, 1).to(dtype).expand(prm.mask.shape)  # 'batch' mode: one mask
+    return prm.mask.to(dtype)
+
 def mix_weight(
-    prm:MixParams, # parameters from `sample_mix`
-    inside:Tensor|None=None, # `box_mask(prm.lo, prm.hi, prm.spatial)` (bool or 0/1 float), if already computed
+    prm:MixParams, # parameters from `sample_mix` (or `sample_fmix`, `sample_resizemix`)
+    inside:Tensor|None=None, # the coverage (`box_mask(prm.lo, prm.hi, prm.spatial)` or `prm.mask`, bool or 0/1), if already computed
     dtype:torch.dtype=torch.float32, # dtype of the weight (the input's)
 ) -> Tensor: # (bs, 1, *[1]*nd) for pure blends, else (bs, 1, *spatial)
     "Weight of each sample's own value, per sample or per pixel (1 keeps, 0 takes the partner's)"
-    if prm.lo is not None and _shared(*(t for t in (prm.lam, prm.cut, prm.lo, prm.hi) if t is not None)):  # 'batch' mode: one weight
+    if prm.lo is None and prm.mask is None: w = prm.lam.view(-1, 1, *[1] * len(prm.spatial)); return w if w.dtype == dtype else w.to(dtype)
+    if _shared(*(t for t in (prm.lam, prm.cut, prm.lo, prm.hi, prm.mask) if t is not None)):  # 'batch' mode: one weight
         one = MixParams(*(t.narrow(0, 0, 1) if isinstance(t, Tensor) else t for t in prm))
         w = mix_weight(one, None if inside is None else inside.narrow(0, 0, 1), dtype)
         return w.expand(prm.lam.shape[0], *w.shape[1:])
+    if not prm.blend: return 1 - (_cover(prm, dtype) if inside is None else inside.to(dtype))  # a paste: 0 in the box (mask), 1 elsewhere
     w = prm.lam.view(-1, 1, *[1] * len(prm.spatial))
     if w.dtype != dtype: w = w.to(dtype)
-    if prm.lo is None: return w
-    if not prm.blend:                                       # pure CutMix: 0 in the box, 1 elsewhere
-        return 1 - (box_mask(prm.lo, prm.hi, prm.spatial, dtype) if inside is None else inside.to(dtype))
     w = w.masked_fill(prm.cut.view(w.shape), 1.)            # 1 for cut samples, λ for blended ones
     if inside is not None: t = w * inside.to(dtype)
     else:                                                   # w·(rows ⊗ cols): the small factors first, one full-size product
@@ -257,13 +265,60 @@ def mix_input(
     perm:Tensor, # partner of each sample
     w:Tensor, # weight of each sample's own value, broadcastable to `x` (of its partner's with `partner=True`)
     partner:bool=False, # whether `w` weighs the partner `x[perm]` rather than `x` itself
+    src:Tensor|None=None, # what the partners contribute, if not `x[perm]` (ResizeMix: `paste_resized`); written into
 ) -> Tensor:
     "`w·x + (1-w)·x[perm]` in `x`'s dtype and memory format, as one `torch.lerp` (a paste for integer `x`)"
-    xp = _gather(x, perm)
+    xp = _gather(x, perm) if src is None else src
     if not x.is_floating_point():                           # integers can only be pasted: w is 0/1
         return torch.where(w.bool(), xp, x, out=xp) if partner else torch.where(w.bool(), x, xp, out=xp)
     if w.dtype != x.dtype: w = w.to(x.dtype)
     return torch.lerp(x, xp, w, out=xp) if partner else xp.lerp_(x, w)  # into our own copy: one batch allocated, not two
+
+# %% ../nbs/00_core.ipynb #b2b73858
+def _resize_taps(lo:Tensor, hi:Tensor, size:int, mode:str) -> tuple:
+    "Along one dim of `size` pixels, per sample and output position: the partner's source index, the next one and its weight (`None`s for 'nearest'), as `F.interpolate` computes them for the box `[lo, hi)`"
+    s = (hi - lo).clamp_min(1)                              # (bs,) box sides (empty boxes read anything)
+    ar, _ = _grid((size,), lo.device)
+    rel = torch.minimum(ar.narrow(0, 0, size).sub(lo.unsqueeze(1)).clamp_(min=0), (s - 1).unsqueeze(1))  # position in the box
+    scale = torch.div(size, s.float()).unsqueeze(1)         # F.interpolate's float32 input/output ratio
+    if mode == 'nearest': return rel.float().mul_(scale).floor_().long().clamp_(max=size - 1), None, None
+    # scale·(rel + 0.5) - 0.5 rounded once, as the CPU kernel's fused multiply-add does (bit for bit; exact in float64)
+    hp = torch.float32 if lo.device.type == 'mps' else torch.float64
+    src = rel.to(hp).add_(.5).mul_(scale.to(hp)).sub_(.5).float().clamp_(min=0)
+    i0 = src.floor().long()
+    return i0, i0 + (i0 < size - 1), src.sub_(i0).clamp_(0, 1)
+
+def paste_resized(
+    t:Tensor, # (bs, ..., *spatial): a batch of images (or masks, signals, volumes)
+    perm:Tensor, # (bs,) long: the partner of each sample
+    lo:Tensor, # (bs, nd) long: box starts
+    hi:Tensor, # (bs, nd) long: box ends (exclusive)
+    mode:str='bilinear', # 'bilinear' (linear in each dim: images), or 'nearest' (masks)
+) -> Tensor: # like `t`; in each box, the partner resized to it; elsewhere, anything (finite)
+    "Each sample's partner `t[perm]` resized to the sample's box, placed in the box: `F.interpolate(..., align_corners=False)`, all samples at once"
+    nd, bs = lo.shape[-1], t.shape[0]
+    if not t.is_floating_point() and mode != 'nearest':    # integer images: interpolate in float32, round back
+        out = paste_resized(t.float(), perm, lo, hi, mode)
+        info = torch.iinfo(t.dtype)
+        return out.round_().clamp_(info.min, info.max).to(t.dtype)
+    out = t
+    for d in range(nd):                                     # separable: one dim at a time, two taps and a lerp each
+        dim, size = t.ndim - nd + d, t.shape[t.ndim - nd + d]
+        i0, i1, l1 = _resize_taps(lo[:, d], hi[:, d], size, mode)
+        taps = [i0] if i1 is None else [i0, i1]
+        shape = (bs, *[1] * (dim - 1), size, *[1] * (t.ndim - dim - 1))
+        if d == 0 and dim < t.ndim - 1:                     # first dim: copy whole rows of the partner (it is folded in here)
+            m, rest = math.prod(t.shape[1:dim]), math.prod(t.shape[dim + 1:])
+            base = (perm * m).view(bs, 1, 1) + torch.arange(m, device=t.device).view(1, m, 1)
+            rows = t.reshape(bs * m * size, rest)
+            g = [torch.index_select(rows, 0, base.mul(size).add(i.view(bs, 1, size)).view(-1)).view(t.shape) for i in taps]
+        else:
+            if d == 0: out = _gather(t, perm)
+            g = [torch.gather(out, dim, i.view(shape).expand(out.shape)) for i in taps]
+        out = g[0] if l1 is None else g[0].lerp_(g[1], l1.view(shape).to(g[0].dtype))
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.ndim)
+    if fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt): out = out.contiguous(memory_format=fmt)
+    return out                                              # in `t`'s memory format: channels_last stays channels_last
 
 # %% ../nbs/00_core.ipynb #a847084a
 def target_kind(
@@ -279,70 +334,121 @@ def target_kind(
     spatial = tuple(spatial)
     if y.is_floating_point(): return 'loss' if mix_target == 'loss' and tuple(y.shape[-len(spatial) or y.ndim:]) != spatial else 'label'
     if spatial and tuple(y.shape[1:]) == spatial: return 'dense'
-    if y.ndim == 1: return 'onehot' if mix_target == 'label' else 'loss'
+    if y.ndim == 1 or tuple(y.shape[1:]) == (1,): return 'onehot' if mix_target == 'label' else 'loss'  # (bs, 1): tabular's classes
     return 'loss' if mix_target == 'loss' else 'label'
 
 def mix_label(
     y:Tensor, # a target with float values (or integer multi-hot)
     perm:Tensor, # partner of each sample
     w:Tensor, # weight of each sample's own target, broadcastable to `y`
+    src:Tensor|None=None, # the partners' targets, if not `y[perm]` (ResizeMix: resized into the box)
 ) -> Tensor: # float32 (float64 stays float64)
     "`w·y + (1-w)·y[perm]`, computed in float32"
     y = y.to(torch.promote_types(y.dtype, torch.float32) if y.is_floating_point() else torch.float32)
-    return torch.lerp(_gather(y, perm), y, w.to(y.dtype))
+    return torch.lerp(_gather(y, perm) if src is None else src.to(y.dtype), y, w.to(y.dtype))
 
 # %% ../nbs/00_core.ipynb #3476ff82
-def mix_batch(
-    xb:tuple, # the inputs of the batch
-    yb:tuple, # the targets of the batch
-    prm:MixParams, # parameters from `sample_mix`
-    mix_target:str='auto', # 'auto', 'loss' or 'label': see `target_kind`
-    n_classes:int|None=None, # number of classes, to one-hot class indices when `mix_target='label'`
-) -> tuple: # `xb`, `yb`, `yb1` (partner targets for the loss, or `None`), `lam` (loss weights, or `None`)
-    "Apply one MixUp / CutMix / CutMixUp draw to a whole batch"
+class _Pixels:
+    "The per-pixel tensors of one draw (coverage, weight, resized pastes), each made once and only when needed"
+    def __init__(self, prm:MixParams, dtype:torch.dtype): self.prm, self.dt, self.sp, self._cover, self._w = prm, dtype, prm.spatial, None, None
+    def wise(self, t:Tensor, lead:int=2) -> bool:
+        "Whether `t` has the inputs' spatial shape after `lead` dims"
+        return bool(self.sp) and t.ndim == lead + len(self.sp) and tuple(t.shape[lead:]) == self.sp
+    def cover(self) -> Tensor:
+        "1 where the partner's pixel is taken, 0 elsewhere: (bs, 1, *spatial)"
+        if self._cover is None: self._cover = _cover(self.prm, self.dt)
+        return self._cover
+    def weight(self, t:Tensor, lead:int=2) -> Tensor:
+        "Weight of the sample's own value for `t`: per pixel for pixel-shaped `t`, else per sample"
+        if not self.wise(t, lead): return self.prm.lam.view(-1, *[1] * (t.ndim - 1))
+        if self._w is None: self._w = mix_weight(self.prm, self._cover, self.dt)
+        return self._w if lead == 2 else self._w.select(1, 0)    # (bs, 1, *sp) for inputs, (bs, *sp) for targets
+    def source(self, t:Tensor, lead:int=2, mode:str='bilinear') -> Tensor|None:
+        "What the partner puts into the box when it is not its own pixels there (ResizeMix), else `None`"
+        return paste_resized(t, self.prm.perm, self.prm.lo, self.prm.hi, mode) if self.prm.resize and self.wise(t, lead) else None
+
+def _mix_targets(yb:tuple, prm:MixParams, px:_Pixels, mix_target:str, n_classes:int|None) -> tuple:
     perm, bs, sp = prm.perm, prm.perm.shape[0], prm.spatial
-    xb0, yb0, xb, yb = xb, yb, tuple(map(_plain, xb)), tuple(map(_plain, yb))  # plain tensors inside: no subclass dispatch per op
-    dt = _float_dtype(xb)
-    made = {}                                                # per-pixel tensors, each made once and only if needed
-    def cover():                                             # 1 inside the boxes, 0 outside
-        if 'cover' not in made: made['cover'] = box_mask(prm.lo, prm.hi, sp, dt)
-        return made['cover']
-    def pixelwise(t, lead=2): return bool(sp) and t.ndim == lead + len(sp) and tuple(t.shape[lead:]) == sp
-    def weight(t, lead=2):
-        if not pixelwise(t, lead): return prm.lam.view(-1, *[1] * (t.ndim - 1))
-        if 'w' not in made: made['w'] = mix_weight(prm, made.get('cover'), dt)
-        return made['w'] if lead == 2 else made['w'].select(1, 0)   # (bs, 1, *sp) for inputs, (bs, *sp) for targets
-    xs, mixed = [], False
-    for x, x0 in zip(xb, xb0):
-        if isinstance(x, Tensor) and x.ndim and x.shape[0] == bs:
-            if not prm.blend and pixelwise(x):               # pure CutMix: a paste, the box is the partner's weight
-                x0, mixed = _retype(mix_input(x, perm, cover(), partner=True), x0), True
-            elif x.is_floating_point():                      # integer inputs can only be pasted, never blended
-                x0, mixed = _retype(mix_input(x, perm, weight(x)), x0), True
-        xs.append(x0)
-    if not mixed:
-        dts = ', '.join(str(x.dtype) if isinstance(x, Tensor) else type(x).__name__ for x in xb)
-        raise TypeError(f"no input in xb can be mixed (got {dts}): blending needs floating-point inputs. "
-                        "Convert them first (fastai's IntToFloatTensor batch transform; ImageDataLoaders add it)")
     ys, ys1, by_loss, dense = [], [], False, False
-    for y, y0 in zip(yb, yb0):
+    for y0 in yb:
+        y = _plain(y0)                                        # plain tensors inside: no subclass dispatch per op
         kind = target_kind(y, bs, sp, mix_target)
         if kind == 'loss': ys.append(y0); ys1.append(_retype(_gather(y, perm), y0)); by_loss = True
         elif kind == 'dense':
-            y1 = _gather(y, perm)
-            ys.append(y0 if prm.lo is None else _retype(torch.where(cover()[:, 0].bool(), y1, y), y0))
+            y1 = px.source(y, 1, 'nearest')
+            y1 = _gather(y, perm) if y1 is None else y1
+            ys.append(y0 if prm.lo is None and prm.mask is None else _retype(torch.where(px.cover()[:, 0].bool(), y1, y), y0))
             ys1.append(_retype(y1, y0)); dense = True
         else:
             if kind == 'onehot':
                 if n_classes is None: raise ValueError("mix_target='label' with class indices needs the number of classes (`n_classes`) "
                                                       "to one-hot them: the callbacks read it from `dls.c`, so set `learn.dls.c`")
-                y = F.one_hot(y.long(), n_classes)
-            y = _retype(mix_label(y, perm, weight(y, lead=1) if y.is_floating_point() and y.ndim == 1 + len(sp) else weight(y)), y0)
+                y = F.one_hot(y.reshape(bs).long(), n_classes)
+            lead = 1 if y.is_floating_point() and y.ndim == 1 + len(sp) else 2
+            y = _retype(mix_label(y, perm, px.weight(y, lead), px.source(y, lead)), y0)
             ys.append(y); ys1.append(y)
     if by_loss: lam = prm.lam
     elif dense and prm.blend: lam = prm.lam if prm.cut is None else prm.lam.masked_fill(prm.cut, 1.)
-    else: return tuple(xs), tuple(ys), None, None
-    return tuple(xs), tuple(ys), tuple(ys1), lam
+    else: return tuple(ys), None, None
+    return tuple(ys), tuple(ys1), lam
+
+def mix_targets(
+    yb:tuple, # the targets of the batch
+    prm:MixParams, # parameters of the draw
+    mix_target:str='auto', # 'auto', 'loss' or 'label': see `target_kind`
+    n_classes:int|None=None, # number of classes, to one-hot class indices when `mix_target='label'`
+) -> tuple: # `yb`, `yb1` (partner targets for the loss, or `None`), `lam` (loss weights, or `None`)
+    "Mix the targets of one draw (and say how to mix the loss), by `target_kind`: what `mix_batch` does to `yb`"
+    return _mix_targets(yb, prm, _Pixels(prm, torch.float32), mix_target, n_classes)
+
+def _unmixable(xb:tuple) -> str:
+    "Why none of `xb` can be mixed, and what to do instead"
+    dts = ', '.join(f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__ for x in xb)
+    if any(isinstance(x, Tensor) and not x.is_floating_point() and x.ndim >= 3 for x in xb):
+        return (f"no input in xb can be mixed (got {dts}): blending needs floating-point inputs, and integer images "
+                "can only be pasted (CutMix). Convert them to float first (fastai's IntToFloatTensor batch transform; ImageDataLoaders add it)")
+    return (f"no input in xb can be mixed (got {dts}): blending needs floating-point inputs, and integer inputs (token ids, "
+            "categorical codes) cannot be blended. Mix the hidden representation the model builds from them instead: "
+            "ManifoldMixUp (`learn.manifold_mixup()`). (Integer *images* are another matter: fastai's IntToFloatTensor batch "
+            "transform converts them to float, as ImageDataLoaders do.)")
+
+def mix_batch(
+    xb:tuple, # the inputs of the batch
+    yb:tuple, # the targets of the batch
+    prm:MixParams, # parameters from `sample_mix` (or `sample_fmix`, `sample_resizemix`)
+    mix_target:str='auto', # 'auto', 'loss' or 'label': see `target_kind`
+    n_classes:int|None=None, # number of classes, to one-hot class indices when `mix_target='label'`
+) -> tuple: # `xb`, `yb`, `yb1` (partner targets for the loss, or `None`), `lam` (loss weights, or `None`)
+    "Apply one draw to a whole batch: every input, every target"
+    perm, bs = prm.perm, prm.perm.shape[0]
+    px = _Pixels(prm, _float_dtype(tuple(map(_plain, xb))))
+    xs, mixed = [], False
+    for x0 in xb:
+        x = _plain(x0)                                        # plain tensors inside: no subclass dispatch per op
+        if isinstance(x, Tensor) and x.ndim and x.shape[0] == bs:
+            if not prm.blend and px.wise(x):                  # a paste (CutMix, FMix, ResizeMix): the coverage is the partner's weight
+                x0, mixed = _retype(mix_input(x, perm, px.cover(), partner=True, src=px.source(x)), x0), True
+            elif x.is_floating_point():                       # integer inputs can only be pasted, never blended
+                x0, mixed = _retype(mix_input(x, perm, px.weight(x)), x0), True
+        xs.append(x0)
+    if not mixed: raise TypeError(_unmixable(xb))
+    return (tuple(xs), *_mix_targets(yb, prm, px, mix_target, n_classes))
+
+# %% ../nbs/00_core.ipynb #b3d41f33
+def mix_hidden(
+    h, # a hidden state, batch first: a tensor, or a tuple or list whose first element is one
+    prm:MixParams, # parameters of the draw (`sample_mix`'s, blends only)
+    name:str='the hidden state', # what `h` is, for error messages
+):
+    "`λ·h + (1-λ)·h[perm]` per sample (in `h`'s dtype, differentiable), for the first tensor of `h`; the rest of `h` is left as it is"
+    t = h[0] if isinstance(h, (tuple, list)) and len(h) else h
+    bs = prm.perm.shape[0]
+    if not isinstance(t, Tensor) or t.ndim == 0 or t.shape[0] != bs:
+        got = f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{name} cannot be mixed: it needs the batch (bs={bs}) as its first dim, got {got}")
+    if not t.is_floating_point(): raise ValueError(f"{name} cannot be mixed: it holds {t.dtype} values, not floats")
+    m = _retype(mix_input(_plain(t), prm.perm, prm.lam.view(-1, *[1] * (t.ndim - 1))), t)
+    return m if t is h else type(h)([m, *h[1:]])
 
 # %% ../nbs/00_core.ipynb #fb9ec9d2
 def loss_reduction(loss_func) -> str:

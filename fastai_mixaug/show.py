@@ -5,6 +5,7 @@
 # %% ../nbs/04_show.ipynb #488fbc47
 from __future__ import annotations
 import math, random
+from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from fastai.learner import Learner
 from fastai.torch_core import rank_distrib, to_cpu
+from .core import _plain
 from .callback import *
 
 # %% auto #0
@@ -20,23 +22,32 @@ __all__ = ['mix_titles']
 # %% ../nbs/04_show.ipynb #136e8eb9
 def _label(vocab, i) -> str:
     i = int(i)
-    return str(vocab[i]) if vocab is not None and i < len(vocab) else str(i)
+    return str(vocab[i]) if vocab is not None and 0 <= i < len(vocab) else str(i)
+
+def _namer(y:Tensor, vocab):
+    "How one sample's own target is named: a class, a set of classes (one-hot or multi-hot rows), or values"
+    if not y.is_floating_point() and (y.ndim == 1 or tuple(y.shape[1:]) == (1,)): return lambda t: _label(vocab, t.reshape(-1)[0])
+    if y.ndim == 2 and y.shape[1] > 1 and bool(((y == 0) | (y == 1)).all()):
+        return lambda t: ','.join(_label(vocab, i) for i in t.nonzero().flatten().tolist()) or '∅'
+    return lambda t: ','.join(f"{float(a):.3g}" for a in t.flatten()[:3])
 
 def mix_titles(
-    y:Tensor, # the batch's first target after augmentation
+    y:Tensor, # the batch's first target: each sample's own (with `lam` and `y1`), or as mixed (alone)
     vocab=None, # class names (the DataLoaders' `vocab`)
-    lam:Tensor|None=None, # (bs,) share of each sample's own class, when the loss is mixed
-    y1:Tensor|None=None, # partner classes, when the loss is mixed
-    k:int=3, # at most this many labels for soft targets
+    lam:Tensor|None=None, # (bs,) share of each sample that is its own
+    y1:Tensor|None=None, # the partners' own targets, with `lam`: class indices, one-hot or multi-hot rows, or values
+    k:int=3, # at most this many labels for a soft target given alone
 ) -> list[str]:
-    "One title per sample: its label(s) with their shares"
+    "One title per sample: its label(s) and its partner's, with their shares: '0.62 3 / 0.38 8', '0.62 cat,dog / 0.38 emu'"
     y = to_cpu(y)
-    if lam is not None and y1 is not None and y.ndim == 1:
+    if lam is not None and y1 is not None:
+        name = _namer(y, vocab)
         out = []
-        for a, b, l in zip(y.tolist(), to_cpu(y1).tolist(), to_cpu(lam).tolist()):
-            out.append(_label(vocab, a) if a == b or l >= 0.995 else f"{l:.2f} {_label(vocab, a)} / {1-l:.2f} {_label(vocab, b)}")
+        for a, b, l in zip(y, to_cpu(y1), to_cpu(lam).float().tolist()):
+            na, nb = name(a), name(b)
+            out.append(na if na == nb or l >= 0.995 else f"{l:.2f} {na} / {1-l:.2f} {nb}")
         return out
-    if y.ndim == 1: return [_label(vocab, a) for a in y.tolist()]
+    if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and not y.is_floating_point()): return [_label(vocab, a) for a in y.reshape(-1).tolist()]
     if y.ndim == 2 and y.is_floating_point():
         out = []
         for row in y:
@@ -47,6 +58,12 @@ def mix_titles(
     return [''] * len(y)
 
 # %% ../nbs/04_show.ipynb #93dfc6a1
+def _class_vocab(dls):
+    "The class names of `dls` (a text classifier's `vocab` is [tokens, classes]): `None` if there are none"
+    v = getattr(dls, 'vocab', None)
+    nested = v is not None and len(v) == 2 and not isinstance(v[0], str) and hasattr(v[0], '__len__')
+    return v[-1] if nested else v
+
 def _decode(learn, xb:tuple) -> Tensor:
     "The first input, denormalised for display (through the DataLoaders' `after_batch` decodes)"
     x = xb[0]
@@ -56,17 +73,20 @@ def _decode(learn, xb:tuple) -> Tensor:
     if x.max() > 1.5: x = x / 255.
     return x.clamp(0, 1)
 
-def _show_one(ax, x:Tensor, mask:Tensor|None=None, title:str=''):
-    "Draw one sample (image, or signal as lines), with its mask beside it"
+def _show_one(ax, x:Tensor, extra:list=(), title:str=''):
+    "Draw one sample (image, or signal as lines), with the panels of `extra` (masks, the partner) beside it"
     if x.ndim == 2:                                          # (C, L): a 1-D signal
         for c in x: ax.plot(c.numpy())
     else:
         img = x.permute(1, 2, 0).numpy() if x.shape[0] == 3 else x[0].numpy()
         H, W = img.shape[:2]
         ax.imshow(img, cmap=None if x.shape[0] == 3 else 'Greys_r', extent=(0, W, H, 0))
-        if mask is not None:
-            ax.imshow(to_cpu(mask).numpy(), cmap='tab20', interpolation='nearest', extent=(W + 2, 2*W + 2, H, 0))
-            ax.set_xlim(0, 2*W + 2); ax.set_ylim(H, 0)
+        for j, e in enumerate(extra, 1):
+            e = to_cpu(e)
+            if e.ndim == 2: ax.imshow(e.numpy(), cmap='tab20', interpolation='nearest', vmin=0, vmax=19, extent=(j*(W+2), j*(W+2) + W, H, 0))
+            else: ax.imshow(e.permute(1, 2, 0).numpy() if e.shape[0] == 3 else e[0].numpy(), cmap=None if e.shape[0] == 3 else 'Greys_r',
+                            extent=(j*(W+2), j*(W+2) + W, H, 0))
+        ax.set_xlim(0, len(extra)*(W+2) + W); ax.set_ylim(H, 0)
         ax.axis('off')
     ax.set_title(title, fontsize=9)
 
@@ -75,52 +95,95 @@ def show_mix_batch(self:Learner,
     n:int=9, # samples to show (at most the batch size)
     nrows:int|None=None, # grid rows (a square-ish grid if `None`)
     ncols:int|None=None, # grid columns
-    figsize:tuple|None=None, # figure size (about 2.2 inches per sample if `None`)
+    figsize:tuple|None=None, # figure size (about 2.2 inches per panel if `None`)
     dl=None, # the DataLoader to draw from (`dls.train` if `None`)
     show:bool=True, # draw the figure (rank 0 only)
+    save:str|Path|None=None, # also save the figure to this file (PNG, or any format matplotlib knows), on rank 0
 ) -> tuple: # the augmented `(xb, yb)`
     "Show one training batch after the learner's fastai_mixaug callbacks, titled with the mixed labels"
     cbs = sorted([c for c in self.cbs if isinstance(c, MixAugCallback)], key=lambda c: c.order)
     dl = dl if dl is not None else self.dls.train
     dl_rng = getattr(dl, 'rng', None)
     states = (dl_rng.getstate() if dl_rng is not None else None, random.getstate(), np.random.get_state())
-    gens = [(c, c._gen, None if c._gen is None else c._gen.get_state()) for c in cbs]
+    gens = [(c, c._gen, None if c._gen is None else c._gen.get_state(), getattr(c, '_cpu_gen', None)) for c in cbs]
+    gens = [(c, g, s, cg, None if cg is None else cg.get_state()) for c, g, s, cg in gens]
     saved = {k: getattr(self, k, None) for k in ('training', 'xb', 'yb', 'dl')}
+    mix = next((c for c in cbs if isinstance(c, MixCallback)), None)
     try:
         with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
             b = dl.one_batch()
             self.training, self.dl = True, dl
             self._split(b)
+            xb0, yb0 = self.xb, self.yb
             for c in cbs: c.before_batch()
             xb, yb = self.xb, self.yb
-            mix = next((c for c in cbs if isinstance(c, MixCallback)), None)
-            lam, yb1 = (mix._lam, mix._yb1) if mix is not None else (None, None)
+            prm = mix._prm if mix is not None else None
+            site = mix._site if prm is not None and mix._handles else None   # a hidden state is mixed: the inputs are not
     finally:
         for k, v in saved.items(): setattr(self, k, v)
         for c in cbs:
-            if isinstance(c, MixCallback): c._yb1 = c._lam = None
-        for c, g, s in gens:
-            c._gen = g
+            if isinstance(c, MixCallback): c._disarm(); c._set(_yb1=None, _lam=None, _prm=None)
+        for c, g, s, cg, cs in gens:
+            c._set(_gen=g)
             if g is not None: g.set_state(s)
+            if cg is not None: cg.set_state(cs)
         if dl_rng is not None: dl.rng = dl_rng; dl_rng.setstate(states[0])
         random.setstate(states[1]); np.random.set_state(states[2])
-    if show and not rank_distrib(): self._plot_mix_batch(xb, yb, lam, yb1, n, nrows, ncols, figsize)
+    if show and not rank_distrib():
+        fig = self._plot_mix_batch(xb, yb, xb0, yb0, prm, site, n, nrows, ncols, figsize)
+        if save is not None: fig.savefig(save, dpi=100, bbox_inches='tight')
     return xb, yb
 
+def _spatial_input(x) -> bool: return isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 3
+
 @patch
-def _plot_mix_batch(self:Learner, xb, yb, lam, yb1, n, nrows, ncols, figsize):
-    "Plot `n` samples of an augmented batch"
-    n = min(n, xb[0].shape[0])
+def _plot_mix_batch(self:Learner, xb, yb, xb0, yb0, prm, site, n, nrows, ncols, figsize):
+    "Plot `n` samples of an augmented batch: each sample, what it was mixed with and how much"
+    bs = xb[0].shape[0]
+    n = min(n, bs)
+    if not _spatial_input(_plain(xb[0])): return self._table_mix_batch(xb0, yb0, prm, site, n, figsize)
     x = _decode(self, xb)
-    y = yb[0] if len(yb) else None
-    dense = y is not None and not y.is_floating_point() and x.ndim > 2 and tuple(y.shape[1:]) == tuple(x.shape[2:])
-    titles = [''] * n if y is None or dense else mix_titles(y, getattr(self.dls, 'vocab', None), lam, yb1[0] if yb1 else None)
+    y, y0 = (yb[0], yb0[0]) if len(yb) else (None, None)
+    perm, lam = (None, None) if prm is None else (to_cpu(prm.perm), to_cpu(prm.lam))
+    dense = y is not None and not _plain(y).is_floating_point() and tuple(y.shape[1:]) == tuple(x.shape[2:])
+    extra = [[] for _ in range(n)]
+    if site is not None:                                     # the inputs are untouched: show each partner beside its sample
+        for i in range(n): extra[i].append(x[perm[i]])
+    if dense:                                                # the target the loss sees, and the partner's when blended
+        for i in range(n): extra[i].append(y[i])
+        if prm is not None and prm.blend: 
+            cut = torch.zeros(bs, dtype=torch.bool) if prm.cut is None else to_cpu(prm.cut)
+            for i in range(n): extra[i].append(y0[perm[i]] if not cut[i] else torch.full_like(to_cpu(y[i]), 0))
+    if y is None: titles = [''] * n
+    elif dense: titles = ['' if lam is None else f"λ {float(lam[i]):.2f}" + (' (own | partner mask)' if prm.blend and len(extra[i]) > 1 else '') for i in range(n)]
+    elif prm is not None: titles = mix_titles(y0, _class_vocab(self.dls), lam, to_cpu(y0)[perm])
+    else: titles = mix_titles(y, _class_vocab(self.dls))
+    if site is not None: titles = [f"{t}\n(mixed at {site.name} {'input' if site.pre else 'output'})" for t in titles]
     ncols = ncols or (math.ceil(n / nrows) if nrows else math.ceil(math.sqrt(n)))
     nrows = nrows or math.ceil(n / ncols)
-    w = 2.2 * (2 if dense else 1)
+    w = 2.2 * (1 + max(len(e) for e in extra))
     fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (w * ncols, 2.4 * nrows), squeeze=False)
     for i, ax in enumerate(axs.flat):
-        if i < n: _show_one(ax, x[i], y[i] if dense else None, titles[i])
+        if i < n: _show_one(ax, x[i], extra[i], titles[i])
         else: fig.delaxes(ax)
+    fig.tight_layout()
+    return fig
+
+@patch
+def _table_mix_batch(self:Learner, xb0, yb0, prm, site, n, figsize):
+    "Inputs that are not images (tabular rows, token ids, codes): a table of who was mixed with whom, how much and where"
+    y = to_cpu(yb0[0]) if len(yb0) else None
+    name = _namer(y, _class_vocab(self.dls)) if y is not None else (lambda t: '')
+    rows = []
+    for i in range(n):
+        j, l = (i, 1.) if prm is None else (int(prm.perm[i]), float(prm.lam[i]))
+        own, other = (name(y[i]), name(y[j])) if y is not None else ('', '')
+        rows.append([str(i), str(j), f"{l:.2f}", own, other, '—' if prm is None else (site.name + (' (input)' if site and site.pre else '') if site else 'inputs')])
+    cols = ['sample', 'partner', 'λ (own share)', 'label', 'partner label', 'mixed at']
+    fig, ax = plt.subplots(figsize=figsize or (9, 0.35 * (n + 2)))
+    ax.axis('off')
+    ax.table(cellText=rows, colLabels=cols, loc='center', cellLoc='center')
+    ax.set_title("one training batch: " + ("not mixed (the augmentation is off for it)" if prm is None else
+                 "inputs that are not images are shown as a table of pairs"), fontsize=9)
     fig.tight_layout()
     return fig

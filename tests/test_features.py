@@ -13,14 +13,14 @@ from fastai.torch_core import TensorImage, TensorCategory, TensorMask, set_seed
 from fastai.data.transforms import Normalize
 from fastai.callback.schedule import SchedLin, SchedCos, SchedNo, combine_scheds
 from fastai_mixaug.core import box_mask, mix_batch, sample_mix, sample_holes, erase_batch
-from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout
+from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix
 from fastai_mixaug.show import mix_titles
 import fastai_mixaug.learner  # noqa: F401  (the one-liners)
 from mixaug_helpers import drive, constants
 from feat_helpers import tiny_dls, tiny_model, fit_rec, same_batch
 
-ALL = [MixUp, CutMix, CutMixUp, Cutout]
-MIXERS = [MixUp, CutMix, CutMixUp]
+ALL = [MixUp, CutMix, CutMixUp, FMix, ResizeMix, Cutout]
+MIXERS = [MixUp, CutMix, CutMixUp, FMix, ResizeMix]
 ids = lambda c: getattr(c, '__name__', str(c))
 
 
@@ -259,7 +259,8 @@ def test_several_inputs_same_partners_and_lambda(cls):
     close(learn.xb[1], torch.lerp(tab[prm.perm], tab, lam[:, None]), eps=1e-5)  # floats: the image's λ and partner
     assert torch.equal(learn.xb[2], tok)                               # token ids: left alone
     px = (learn.xb[0] != img).all(1, keepdim=True)
-    want = torch.where(px, codes[prm.perm], codes) if cls is CutMix else codes  # integer images pasted by pure CutMix only
+    want = torch.where(px, codes[prm.perm], codes) if cls in (CutMix, FMix) else codes  # integer images: pasted by pure pastes only
+    if cls is ResizeMix: want = mix_batch((img.float(), codes.float()), (), prm)[0][1].round().long()  # ...resized, rounded
     assert torch.equal(learn.xb[3], want)
     with pytest.raises(TypeError, match='IntToFloatTensor'):           # nothing mixable: a clear error
         drive(MixUp(), (tok,), (torch.arange(bs),))
@@ -575,13 +576,12 @@ def test_show_mix_batch_multilabel_top_labels(fresh_figs):
     w = prm.lam[:, None]
     close(yb[0], w * raw[1] + (1 - w) * raw[1][prm.perm], eps=1e-6)
     titles = [ax.get_title() for ax in plt.gcf().axes]
-    eq(titles, mix_titles(yb[0], VOCAB))
-    for t, row in zip(titles, yb[0]):
-        if row.max() < .005: continue
-        share, lab = t.split(' / ')[0].split(' ')
-        eq(share, f'{float(row.max()):.2f}')
-        close(float(row[VOCAB.index(lab)]), float(row.max()))
-    assert any(t.count(' / ') >= 1 and len({float(s.split()[0]) for s in t.split(' / ')}) > 1 for t in titles)
+    eq(titles, mix_titles(raw[1], VOCAB, prm.lam, raw[1][prm.perm]))     # each sample's labels and its partner's, with λ
+    names = lambda row: ','.join(VOCAB[i] for i in row.nonzero().flatten().tolist()) or '∅'
+    for t, own, other, l in zip(titles, raw[1], raw[1][prm.perm], prm.lam):
+        if names(own) == names(other) or l >= .995: eq(t, names(own)); continue
+        eq(t, f"{float(l):.2f} {names(own)} / {1 - float(l):.2f} {names(other)}")
+    assert any(' / ' in t for t in titles)
 
 
 def test_show_mix_batch_segmentation_mask_beside_image(fresh_figs):
