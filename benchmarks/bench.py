@@ -23,10 +23,11 @@ from fastai.test_utils import synth_dbunch
 from fastai.losses import CrossEntropyLossFlat
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout, whatever is pip-installed
 import fastai_mixaug
-from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout
+from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix
 
-OPS = ('mixup', 'cutmix', 'cutmixup', 'cutout')
-OURS = {'mixup': MixUp, 'cutmix': CutMix, 'cutmixup': CutMixUp, 'cutout': Cutout}
+OPS = ('mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix')
+OURS = {'mixup': MixUp, 'cutmix': CutMix, 'cutmixup': CutMixUp, 'cutout': Cutout, 'fmix': FMix, 'resizemix': ResizeMix}
+VS_CUTMIX = {'fmix': 1.5, 'resizemix': 1.5}  # the issue's targets: ours ÷ our CutMix, same mode, per batch
 SYNC_OPS = ('aten::_local_scalar_dense', 'aten::item', 'aten::is_nonzero', 'aten::nonzero', 'aten::masked_select',
             'aten::_unique', 'aten::_unique2', 'aten::unique_consecutive', 'aten::unique_dim', 'aten::repeat_interleave')
 
@@ -47,14 +48,15 @@ def _learner(cb, loss_func=None):
     learn.training = True
     return learn
 
-def ours(op, mode):
+def ours(op, mode, lib='ours'):
     "Our callback's own `before_batch` (the real library code), called directly on a Learner that carries it"
     def setup(x, y):
         cb = OURS[op](mode=mode)
         learn = _learner(cb)
         def prep(): learn.xb, learn.yb = (x,), (y,)
         return prep, cb.before_batch
-    return Impl(f'fastai_mixaug {op} ({mode})', 'ours', 'per-sample' if mode == 'elem' else 'per-batch', setup)
+    return Impl(f'fastai_mixaug {op} ({mode})', lib, 'per-sample' if mode == 'elem' else 'per-batch', setup,
+                note='' if lib == 'ours' else 'reference: our CutMix, timed in the same loop')
 
 def floor():
     "The physical floor: one `torch.lerp(x[perm], x, w)` over the batch (perm and w drawn beforehand)"
@@ -169,6 +171,7 @@ def impls_for(op:str) -> list[Impl]:
     if op == 'cutmix': res += [*both(timm_mixup, op, 'elem'), kornia(op), *both(fastai_cutmix), *both(timm_mixup, op, 'batch'), tv(op), kornia(op, True)]
     if op == 'cutmixup': res += [*both(timm_mixup, op, 'elem'), *both(timm_mixup, op, 'batch'), tv(op)]
     if op == 'cutout': res += [*both(timm_erasing), kornia(op), *both(fastai_erasing), tv(op), kornia(op, True)]
+    if op in VS_CUTMIX: res += [ours('cutmix', 'elem', 'cutmix'), ours('cutmix', 'batch', 'cutmix')]  # no peer library has them
     return res
 
 # ---------------------------------------------------------------------------------------------------------------- measuring
@@ -372,7 +375,15 @@ def targets(rows, structure, syncs, fits) -> list[tuple]:
         worst = max(rs, key=lambda r: r['x_floor'])
         out.append((f"each op ≤ {lim:g}× the floor at {shape} float32", f"worst {worst['x_floor']:.2f}× ({worst['op']}, {worst['mode']}); "
                     + ', '.join(f"{r['op']}/{r['mode'][4:]} {r['x_floor']:.2f}" for r in rs), worst['x_floor'] <= lim))
-    allpeers = [r for r in rows if r['lib'] not in ('ours', 'floor', 'ref') and not r['error']]
+    for op, lim in VS_CUTMIX.items():
+        for mode in ('per-sample', 'per-batch'):
+            rs = [r for r in rows if r['op'] == op and r['lib'] == 'cutmix' and r['mode'] == mode and r['dtype'] == 'float32' and not r['error']]
+            if not rs: continue
+            col = 'ours_elem_over' if mode == 'per-sample' else 'ours_batch_over'
+            worst = max(rs, key=lambda r: r[col])
+            out.append((f"{op} {mode} ≤ {lim:g}× our CutMix {mode} (float32)", ', '.join(f"{r['shape']} {r[col]:.2f}" for r in rs),
+                        worst[col] <= lim))
+    allpeers = [r for r in rows if r['lib'] not in ('ours', 'floor', 'ref', 'cutmix') and not r['error']]
     peers = [r for r in allpeers if not r['inplace']]   # the same work as ours: in-place peers with the copy they skip
     for mode, col, lim, what in (('per-sample', 'ours_elem_over', 1., 'per-sample ops faster than every per-sample peer'),
                                  ('per-batch', 'ours_batch_over', 1.1, 'per-batch ops within 1.1× of every per-batch peer'),

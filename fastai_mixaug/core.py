@@ -301,7 +301,7 @@ def paste_resized(
         out = paste_resized(t.float(), perm, lo, hi, mode)
         info = torch.iinfo(t.dtype)
         return out.round_().clamp_(info.min, info.max).to(t.dtype)
-    out = t
+    out, free = t, []                                       # buffers no longer needed: reused, as each new batch-sized one costs page faults
     for d in range(nd):                                     # separable: one dim at a time, two taps and a lerp each
         dim, size = t.ndim - nd + d, t.shape[t.ndim - nd + d]
         i0, i1, l1 = _resize_taps(lo[:, d], hi[:, d], size, mode)
@@ -314,8 +314,10 @@ def paste_resized(
             g = [torch.index_select(rows, 0, base.mul(size).add(i.view(bs, 1, size)).view(-1)).view(t.shape) for i in taps]
         else:
             if d == 0: out = _gather(t, perm)
-            g = [torch.gather(out, dim, i.view(shape).expand(out.shape)) for i in taps]
-        out = g[0] if l1 is None else g[0].lerp_(g[1], l1.view(shape).to(g[0].dtype))
+            g = [torch.gather(out, dim, i.view(shape).expand(out.shape), **({'out': free.pop()} if free else {})) for i in taps]
+            if out is not t: free.append(out)
+        if l1 is not None: g[0].lerp_(g[1], l1.view(shape).to(g[0].dtype)); free.append(g[1])
+        out = g[0]
     fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.ndim)
     if fmt is not None and not t.is_contiguous() and t.is_contiguous(memory_format=fmt): out = out.contiguous(memory_format=fmt)
     return out                                              # in `t`'s memory format: channels_last stays channels_last
