@@ -429,9 +429,9 @@ def mix_batch(
         x = _plain(x0)                                        # plain tensors inside: no subclass dispatch per op
         if isinstance(x, Tensor) and x.ndim and x.shape[0] == bs:
             if not prm.blend and px.wise(x):                  # a paste (CutMix, FMix, ResizeMix): the coverage is the partner's weight
-                x0, mixed = _retype(mix_input(x, perm, px.cover(), partner=True, src=px.source(x)), x0), True
+                x0, mixed = _retype(mix_input(x, perm, px.cover(), partner=True, src=px.source(x)), x0), mixed or x.numel() > 0
             elif x.is_floating_point():                       # integer inputs can only be pasted, never blended
-                x0, mixed = _retype(mix_input(x, perm, px.weight(x)), x0), True
+                x0, mixed = _retype(mix_input(x, perm, px.weight(x)), x0), mixed or x.numel() > 0  # an empty (bs, 0) input mixes nothing
         xs.append(x0)
     if not mixed: raise TypeError(_unmixable(xb))
     return (tuple(xs), *_mix_targets(yb, prm, px, mix_target, n_classes))

@@ -41,12 +41,12 @@ def fmix_masks(
     n, spatial, dev = lam.shape[0], tuple(spatial), lam.device
     scale = _spectrum_scale(spatial, float(decay_power), torch.device(dev))
     spec = torch.randn(n, *scale.shape, 2, device=dev, generator=generator).mul_(scale.unsqueeze(-1))
-    img = torch.fft.irfftn(torch.view_as_complex(spec), s=spatial, dim=tuple(range(1, len(spatial) + 1))).view(n, -1)
-    npx = img.shape[1]
+    img = torch.fft.irfftn(torch.view_as_complex(spec), s=spatial, dim=tuple(range(1, len(spatial) + 1)), norm='forward').view(n, -1)
+    npx = img.shape[1]                                      # (norm='forward': no division pass; the scale does not change the ranking)
     k = lam.mul(npx).round_().long()                        # pixels kept
     thr = _sort_rows(img).gather(1, torch.rsub(k, npx).clamp_(0, npx - 1).unsqueeze(1))  # the k-th largest value
-    kept = (img >= thr).logical_and_(k.unsqueeze(1) > 0)    # k = 0: none
-    return kept.logical_not_().view(n, 1, *spatial)
+    thr.masked_fill_(k.unsqueeze(1) == 0, math.inf)         # k = 0: none kept
+    return (img < thr).view(n, 1, *spatial)                 # the partner's pixels: below the threshold
 
 # %% ../nbs/00a_masks.ipynb #5cf61646
 def sample_fmix(
