@@ -73,7 +73,8 @@ class MixAugCallback(Callback):
     def _spatial(self, x:Tensor) -> tuple:
         "Spatial shape of `x`, (bs, C, *spatial), checked"
         if x.ndim < 3: raise ValueError(f"{type(self).__name__} needs inputs with spatial dimensions, shaped (bs, C, *spatial) "
-                                        f"(1-D signals, images or volumes); xb[0] has shape {tuple(x.shape)}")
+                                        f"(1-D signals, images or volumes); xb[0] has shape {tuple(x.shape)}. Tabular rows, token ids "
+                                        "and codes have none: mix them with learn.mixup() (tabular) or learn.manifold_mixup()")
         return tuple(x.shape[2:])
 
 # %% ../nbs/01_callback.ipynb #9aa92dd4

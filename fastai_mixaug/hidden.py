@@ -36,6 +36,14 @@ _RES_BLOCKS = ('fastai.layers.ResBlock', 'torchvision.models.resnet.BasicBlock',
 # %% ../nbs/00b_hidden.ipynb #2003c646
 def _first_half(sites:list) -> list: return sites[:(len(sites) + 1) // 2]
 
+def _no_dot(model:nn.Module) -> nn.Module:
+    "`model`, or a `ValueError` if it is collab's dot-product model, which has nothing to mix"
+    if _is(model, 'fastai.collab.EmbeddingDotBias'): raise ValueError(
+        "collab_learner's dot-product model (EmbeddingDotBias) has no hidden state to mix: its prediction is a dot product "
+        "of two embeddings, and its inputs are user and item codes. Use collab_learner(..., use_nn=True) (an EmbeddingNN), "
+        "with learn.manifold_mixup() or learn.mixup()")
+    return model
+
 def _hidden_blocks(name:str, layers:nn.Sequential) -> list[Site]:
     "The hidden blocks of an MLP head (`LinBnDrop`s but the last, the output layer)"
     blocks = [(f"{name}.{i}", m) for i, m in enumerate(layers) if _is(m, 'fastai.layers.LinBnDrop')]
@@ -60,10 +68,7 @@ def hidden_sites(
     model:nn.Module, # the learner's model (a DDP wrapper is looked through)
 ) -> list[Site]: # where Manifold Mixup may mix, by the table above
     "The places of `model` where `ManifoldMixUp` mixes by default, or a `ValueError` asking for `modules=`"
-    model = _unwrap(model)
-    if _is(model, 'fastai.collab.EmbeddingDotBias'): raise ValueError(
-        "collab_learner's dot-product model (EmbeddingDotBias) has no hidden state to mix: its prediction is a dot product "
-        "of two embeddings. Use collab_learner(..., use_nn=True) (an EmbeddingNN), with learn.manifold_mixup() or learn.mixup()")
+    model = _no_dot(_unwrap(model))
     if _is(model, 'fastai.tabular.model.TabularModel'): return [Site('layers', model.layers, pre=True)] + _hidden_blocks('layers', model.layers)
     head = next(((n, m) for n, m in model.named_modules() if _is(m, 'fastai.text.models.core.PoolingLinearClassifier')), None)
     if head is not None: return [Site(f"{head[0]}.layers", head[1].layers, pre=True)] + _hidden_blocks(f"{head[0]}.layers", head[1].layers)
@@ -78,8 +83,8 @@ def hidden_sites(
 def representation_site(
     model:nn.Module, # the learner's model
 ) -> Site|None: # `None` if the model builds no representation of its own inputs we know of
-    "Where a model's inputs are mixed when they are codes (a `TabularModel`'s row as it builds it): what `MixUp` mixes there"
-    model = _unwrap(model)
+    "Where `MixUp` mixes a model whose inputs are codes: a `TabularModel`'s row as it builds it (`None`: the inputs themselves)"
+    model = _no_dot(_unwrap(model))
     return Site('layers', model.layers, pre=True) if _is(model, 'fastai.tabular.model.TabularModel') else None
 
 def find_sites(

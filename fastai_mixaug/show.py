@@ -183,7 +183,7 @@ def _table_mix_batch(self:Learner, xb0, yb0, prm, site, n, figsize):
     fig, ax = plt.subplots(figsize=figsize or (9, 0.35 * (n + 2)))
     ax.axis('off')
     ax.table(cellText=rows, colLabels=cols, loc='center', cellLoc='center')
-    ax.set_title("one training batch: " + ("not mixed (the augmentation is off for it)" if prm is None else
+    ax.set_title("one training batch: " + ("not mixed (no mixing callback on this learner, or its mix is off for this batch: p, off_last or a schedule)" if prm is None else
                  "inputs that are not images are shown as a table of pairs"), fontsize=9)
     fig.tight_layout()
     return fig
