@@ -4,7 +4,7 @@ loop: its data and model go to fastai's default device.)"""
 import pytest, torch, torch.nn as nn
 from fastai.learner import Learner
 from fastai.test_utils import synth_dbunch
-from fastai_mixaug.all import MixUp, CutMix, CutMixUp, Cutout, MixCallback, mix_batch, mix_loss, erase_batch
+from fastai_mixaug.all import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, ManifoldMixUp, MixCallback, mix_batch, mix_loss, erase_batch
 
 pytestmark = pytest.mark.cuda
 
@@ -13,6 +13,8 @@ CBS = {
     'cutmixup': lambda **kw: CutMixUp(**kw), 'cutout': lambda **kw: Cutout(length=5, **kw),
     'mixup_p_batch': lambda **kw: MixUp(p=0.5, mode='batch', **kw), 'cutmixup_p': lambda **kw: CutMixUp(p=0.7, **kw),
     'cutout_noise': lambda **kw: Cutout(n_holes=3, length=0.25, fill='normal', p=0.5, **kw),
+    'fmix': lambda **kw: FMix(**kw), 'fmix_p_batch': lambda **kw: FMix(p=0.6, mode='batch', **kw),
+    'resizemix': lambda **kw: ResizeMix(**kw), 'resizemix_p': lambda **kw: ResizeMix(p=0.7, **kw),
 }
 TARGETS = ['class', 'onehot', 'mask']
 
@@ -89,8 +91,8 @@ def test_cpu_and_cuda_give_the_same_batch_for_the_same_parameters(name, kind):
     prm = cb.draw(x)                                                     # drawn on CPU, replayed on both devices
     c = mix_batch((x,), (y,), prm, cb.mix_target, 5)
     g = mix_batch((x.cuda(),), (y.cuda(),), prm.to('cuda'), cb.mix_target, 5)
-    pasted = prm.cut if prm.cut is not None else torch.zeros_like(prm.lam, dtype=torch.bool)
-    exact = (prm.lam == 1) | pasted                                      # copies and pastes: bit for bit
+    pasted = prm.cut if prm.cut is not None and not prm.resize else torch.zeros_like(prm.lam, dtype=torch.bool)
+    exact = (prm.lam == 1) | pasted                                      # copies and pastes: bit for bit (ResizeMix interpolates)
     assert torch.equal(c[0][0][exact], g[0][0].cpu()[exact])
     torch.testing.assert_close(g[0][0].cpu(), c[0][0], rtol=0, atol=1e-6)  # blends: lerp, to rounding
     for a, b in zip(c[1] + (c[2] or ()), g[1] + (g[2] or ())): torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-6)
@@ -101,7 +103,7 @@ def test_cpu_and_cuda_give_the_same_batch_for_the_same_parameters(name, kind):
         torch.testing.assert_close(lg.cpu(), lc, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('name', ['mixup', 'cutmix', 'cutmixup', 'cutout'])
+@pytest.mark.parametrize('name', ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup'])
 def test_fp16_training_on_cuda(name):
     "fastai's to_fp16 (autocast + GradScaler) with each callback: fp32 mixing, finite loss, loss_func untouched"
     from fastai.vision.all import vision_learner, resnet18
@@ -120,3 +122,25 @@ def test_fp16_training_on_cuda(name):
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=Spy())
     assert seen == [torch.float32] * 4 and learn.loss_func is lf
     assert torch.stack(list(learn.recorder.losses)).isfinite().all()
+
+
+@pytest.mark.parametrize('seed', [None, 3], ids=['global_rng', 'own_rng'])
+def test_manifold_mixup_never_syncs_and_mixes_on_cuda(seed):
+    "The hidden-state hook, its site drawn on the CPU, mixes on the GPU with no device->host sync; no hook left after"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).cuda()
+    cb = ManifoldMixUp(modules=['1', '3'], seed=seed)
+    learn = Learner(synth_dbunch(), model, loss_func=nn.CrossEntropyLoss(), cbs=cb)
+    learn.training = True
+    x, y = batch('class', 'cuda')
+    for _ in range(3):
+        learn.xb, learn.yb = (x,), (y,)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            cb('before_batch'); learn.pred = model(x); cb('after_pred')
+            learn.loss_grad = learn.loss_func(learn.pred, y); cb('after_loss'); learn.loss_grad.backward(); cb('after_batch')
+        finally: torch.cuda.set_sync_debug_mode('default')
+        assert torch.equal(learn.xb[0], x) and learn.loss_grad.isfinite()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
