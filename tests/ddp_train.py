@@ -57,8 +57,9 @@ class After(Callback):
         try:
             if isinstance(cb, MixCallback):
                 prm = cb.draw(r['xb'][0])
-                r['perm'], r['lam'] = prm.perm.clone(), prm.lam.clone()
-                xs, ys, _, _ = mix_batch(tuple(r['xb']), tuple(r['yb']), prm, cb.mix_target, self.dls.c)
+                r['perm'], r['lam'], r['hidden'] = prm.perm.clone(), prm.lam.clone(), cb._sites is not None
+                # a hidden state is mixed in the forward pass (ManifoldMixUp): the inputs are left as they are
+                xs = tuple(r['xb']) if r['hidden'] else mix_batch(tuple(r['xb']), tuple(r['yb']), prm, cb.mix_target, self.dls.c)[0]
             else:
                 lo, hi = cb.draw(r['xb'][0])
                 r['lo'] = lo.clone()
@@ -66,7 +67,7 @@ class After(Callback):
         finally: cb._gen = saved
         r['xb_replay'] = [x.clone() for x in xs]
     def after_loss(self):
-        if self.training: self.spy.recs[-1]['loss'] = float(self.learn.loss)
+        if self.training: self.spy.recs[-1].update(loss=float(self.learn.loss), fired=getattr(self.spy.cb, '_fired', None))
     def after_batch(self):
         if self.training and self.iter >= N_BATCHES - 1: raise CancelTrainException()   # a few batches per epoch
 
@@ -99,7 +100,7 @@ def run(aug, dls):
 
 
 def main():
-    out_dir, augs = Path(sys.argv[1]), sys.argv[2:] or ['mixup', 'cutmix', 'cutmixup', 'cutout']
+    out_dir, augs = Path(sys.argv[1]), sys.argv[2:] or ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
     dls = mnist_dls(bs=32, n_valid=128, device='cpu')
     res = dict(rank=rank_distrib(), world=num_distrib())
     for aug in augs: res[aug] = run(aug, dls)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, torch
 
 pytest.importorskip('accelerate')                      # fastai's distrib_ctx needs it (in the dev extra)
-AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout']
+AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
 SEED, N_BATCHES, WORLD = 42, 2, 2
 SCRIPT = Path(__file__).parent/'ddp_train.py'
 
@@ -51,7 +51,8 @@ def test_each_rank_augments_its_own_shard(ranks, aug):
             if 'perm' in b: assert sorted(b['perm'].tolist()) == list(range(bs))   # partners from the local batch only
             # the batch the model saw is exactly the replay of this rank's own draw on this rank's own raw batch
             for x, xr in zip(b['xb_aug'], b['xb_replay']): assert torch.equal(x, xr)
-            assert not torch.equal(b['xb_aug'][0], b['xb'][0])           # and it was augmented
+            if b.get('hidden'): assert b['fired'] and torch.equal(b['xb_aug'][0], b['xb'][0])   # a hidden state mixed, not the inputs
+            else: assert not torch.equal(b['xb_aug'][0], b['xb'][0])     # and it was augmented
     x0, x1 = ranks[0][aug]['recs'][0]['xb'][0], ranks[1][aug]['recs'][0]['xb'][0]
     flat0, flat1 = x0.flatten(1), x1.flatten(1)
     assert not (flat0[:, None] == flat1[None]).all(-1).any()             # the two shards share no image
