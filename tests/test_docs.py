@@ -88,6 +88,38 @@ obj
 ```
 """)
 
+def test_readme_render_joins_a_snippet():
+    "A code cell without outputs and the shown code cells right after it are one block; text, or an output, ends it"
+    rm = _tool('readme')
+    nb = dict(cells=[_code('import a'), _code('#| hide\nsecret()'), _code('#| eval: false\nb = a.f()'), _md('Then:'),
+                     _code('c = 1', [_stream('x\n')]), _code('d = 2'), _code('#| echo: false\ne = 3'), _code('f = 4')])
+    eq(rm.render(nb), f"""{rm.WARNING}
+
+```python
+import a
+
+b = a.f()
+```
+
+Then:
+
+```python
+c = 1
+```
+
+```
+x
+```
+
+```python
+d = 2
+```
+
+```python
+f = 4
+```
+""")
+
 def test_readme_check(tmp_path, capsys):
     "`--check` fails with a diff while README.md differs, passes once written"
     rm = _tool('readme')
