@@ -1,7 +1,8 @@
 """The docs: tools/readme.py renders nbs/index.ipynb as nbdev-readme would; the offline HTML site builds with
 every page, link, anchor and image in place and a section for every public name, signatures with the types the
 source declares, long lines wrapped; Quarto's config matches nbdev's; a real browser renders the site and nothing
-runs off the text column at 1280 px (only where Chromium is installed).
+runs off the text column at 1280 px (only where Chromium is installed); tools/proc_nbs.py (CI's nbdev-proc-nbs check)
+traces nbdev's warnings to their cells.
 
 The site is built once per run. With `--runslow` (CI) the build also runs the module notebooks for their outputs
 (about half a minute more), and the tests marked `slow` check those outputs; without it they are skipped."""
@@ -134,6 +135,23 @@ def test_readme_check(tmp_path, capsys):
     eq(rm.main(['--nb', str(nb), '--out', str(out)]), 0)
     eq(rm.main(['--nb', str(nb), '--out', str(out), '--check']), 0)
     eq(out.read_text(), rm.render(SCRATCH))
+
+# --- tools/proc_nbs.py ---------------------------------------------------------------------------------------
+
+def test_proc_nbs_traces_warnings(tmp_path):
+    "nbdev's warnings are found in its output, each traced to its notebook and cell (directives aside)"
+    pn = _tool('proc_nbs')
+    a, b = tmp_path/'a.ipynb', tmp_path/'b.ipynb'
+    a.write_text(json.dumps(dict(cells=[_md('# A'), _code('x = 1')])))
+    b.write_text(json.dumps(dict(cells=[_code('import os'), _md('text'), _code('#| hide\nimport io\ny = io.StringIO()')])))
+    out = ("noise\n/x/processors.py:242: UserWarning: Found cells containing imports and other code. See FAQ.\n---\n"
+           "import io\ny = io.StringIO()\n---\n\n  warn(...)\nmore\n"
+           "UserWarning: Found cells containing imports and other code. See FAQ.\n---\nimport re\nz = 2\n---\n")
+    cells = pn.warned_cells(out)
+    eq(cells, ['import io\ny = io.StringIO()', 'import re\nz = 2'])
+    eq(pn.find_cell(cells[0], [a, b]), (b, 2))
+    eq(pn.find_cell(cells[1], [a, b]), None)
+    eq(pn.warned_cells('Success.\n'), [])
 
 # --- Quarto config for nbdev-docs ------------------------------------------------------------------------
 
