@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, torch
 
 pytest.importorskip('accelerate')                      # fastai's distrib_ctx needs it (in the dev extra)
+pytestmark = [pytest.mark.slow, pytest.mark.ci, pytest.mark.long]   # two torchrun processes: ~25 s on 2 cores
 AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout']
 SEED, N_BATCHES, WORLD = 42, 2, 2
 SCRIPT = Path(__file__).parent/'ddp_train.py'

@@ -2,8 +2,10 @@
 and real images (MNIST-5k): lr_find, fit_one_cycle, fine_tune, GradientAccumulation, mixed precision, channels_last,
 get_preds / predict / tta / show_results / ClassificationInterpretation, save / load, export / load_learner.
 
-CI runs short epochs (a few batches, `Stop`) of fastai's xresnet18 at a quarter of its width (0.9M parameters);
-`--runslow` adds the full grid and torchvision's resnet18 (11.7M) for full epochs that must learn. With CUDA the data
+The default run has short epochs (a few batches, `Stop`) of fastai's xresnet18 at a quarter of its width (0.9M
+parameters); CI adds the tests marked `ci` (mixed precision / accumulation / channels_last, each variant once;
+inference identical to a plain learner; export loaded in a process without fastai_mixaug); `--runslow` adds the full
+grid and torchvision's resnet18 (11.7M) for full epochs that must learn. With CUDA the data
 and the models are on the GPU (fastai's default device), so this module is also the CUDA run of the loop."""
 import random, subprocess, sys, textwrap
 from functools import partial
@@ -135,6 +137,7 @@ def test_lr_find_then_fit_one_cycle_then_get_preds_then_fit(dls, aug):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize('aug', AUGS)
 def test_lr_find_then_fit_one_cycle_learns_resnet18(aug):
     "torchvision's resnet18 (random weights), one whole epoch of one-cycle at the suggested learning rate"
@@ -178,6 +181,7 @@ def test_fine_tune_transfer_learning(dls04, dls59, aug): transfer(dls04, dls59, 
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize('aug', AUGS)
 def test_fine_tune_transfer_learning_learns_resnet18(aug):
     d04, d59 = mnist_dls(bs=64, digits=[0, 1, 2, 3, 4]), mnist_dls(bs=64, digits=[5, 6, 7, 8, 9])
@@ -222,8 +226,8 @@ class Backprop(Callback):
 
 
 VARIANTS = ['grad_accum', 'to_bf16', 'to_fp16', 'autocast_bf16', 'bf16_inputs', 'channels_last']
-# CI: each variant with one augmentation, in turn (all four covered); --runslow: every pair
-GRID = [pytest.param(a, v, marks=[] if AUGS.index(a) == i % len(AUGS) else pytest.mark.slow)
+# CI: each variant with one augmentation, in turn (all four covered); --runslow: every pair (the default run: none)
+GRID = [pytest.param(a, v, marks=[pytest.mark.slow, pytest.mark.long] + ([pytest.mark.ci] if AUGS.index(a) == i % len(AUGS) else []))
         for i, v in enumerate(VARIANTS) for a in AUGS]
 
 @pytest.mark.parametrize('aug,variant', GRID)
@@ -280,6 +284,9 @@ def equal(a, b):
     return a == b
 
 
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.long
 @pytest.mark.parametrize('aug', AUGS)
 def test_inference_identical_to_without_plugin(dls, aug):
     learn = make(dls, aug, seed=3)
@@ -330,6 +337,9 @@ except ImportError: pass
 else: raise SystemExit('the block failed')
 """
 
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.long
 def test_export_then_load_learner_in_a_process_without_fastai_mixaug(dls, tmp_path):
     "Export a learner trained with each callback (and Cutout with the mixers); load it and predict where `import fastai_mixaug` fails"
     items = [dls.valid_ds.items[i] for i in range(4)]
