@@ -200,6 +200,7 @@ def _expected_pages():
     from nbdev.doclinks import nbglob
     return {Path(f).relative_to(NBS).as_posix(): nbpath2html(Path(f).relative_to(NBS)).as_posix() for f in nbglob(NBS)}
 
+@pytest.mark.long                                        # the first test to use `site`: it waits for the build
 def test_pages(site):
     "index.html, one page per module notebook and one per example, each with its title"
     pages = _expected_pages()
@@ -370,6 +371,7 @@ def test_examples_show_outputs(site):
 
 # --- a real browser --------------------------------------------------------------------------------------
 
+@pytest.mark.long
 @pytest.mark.skipif(_tool('screenshot').find_browser() is None, reason="no Chromium (apt-get install chromium)")
 def test_browser_nothing_runs_off_at_1280px(site):
     "Laid out by Chromium at 1280 px, no signature, code, output, table or image sticks out of, or scrolls in, the text column"

@@ -43,7 +43,7 @@ def dls59(): return mnist_dls(bs=BS, digits=[5, 6, 7, 8, 9], n_valid=N_VALID)
 
 def one_by_default(i):
     "Each augmentation, for a test whose default run keeps one: `AUGS[i]` runs by default, the others are slow and `ci`"
-    return [pytest.param(a, marks=[] if j == i else [pytest.mark.slow, pytest.mark.ci, pytest.mark.long]) for j, a in enumerate(AUGS)]
+    return [pytest.param(a, marks=[pytest.mark.long] + ([] if j == i else [pytest.mark.slow, pytest.mark.ci])) for j, a in enumerate(AUGS)]
 
 
 class Stop(Callback):
