@@ -60,6 +60,7 @@ def test_out_is_a_file(capsys, tmp_path):
 
 def _read(p): return list(csv.DictReader(open(p)))
 
+@pytest.mark.long
 def test_tiny_run(tmp_path, capsys):
     "2 seeds x (none, cutmix) on 96 images for 1 epoch: files, rows, the error against a replay, the summary"
     out = tmp_path/'res'

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, torch
 
 pytest.importorskip('accelerate')                      # fastai's distrib_ctx needs it (in the dev extra)
+pytestmark = [pytest.mark.slow, pytest.mark.ci]      # two torchrun processes: about a minute on 2 cores, in the first test
 AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
 SEED, N_BATCHES, WORLD = 42, 2, 2
 SCRIPT = Path(__file__).parent/'ddp_train.py'
@@ -25,6 +26,7 @@ def ranks(tmp_path_factory):
     return res
 
 
+@pytest.mark.long
 @pytest.mark.parametrize('aug', AUGS)
 def test_trains_on_both_ranks_and_weights_agree(ranks, aug):
     r0, r1 = ranks[0][aug], ranks[1][aug]

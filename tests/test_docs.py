@@ -1,6 +1,11 @@
 """The docs: tools/readme.py renders nbs/index.ipynb as nbdev-readme would; the offline HTML site builds with
-every page, link, anchor and image in place and a section for every public name; Quarto's config matches
-nbdev's; a real browser renders the site (only where Chromium is installed)."""
+every page, link, anchor and image in place and a section for every public name, signatures with the types the
+source declares, long lines wrapped; Quarto's config matches nbdev's; a real browser renders the site and nothing
+runs off the text column at 1280 px (only where Chromium is installed); tools/proc_nbs.py (CI's nbdev-proc-nbs check)
+traces nbdev's warnings to their cells.
+
+The site is built once per run. With `--runslow` (CI) the build also runs the module notebooks for their outputs
+(about half a minute more), and the tests marked `slow` check those outputs; without it they are skipped."""
 import importlib, importlib.util, inspect, json, re, subprocess, sys
 from html import unescape
 from html.parser import HTMLParser
@@ -88,6 +93,38 @@ obj
 ```
 """)
 
+def test_readme_render_joins_a_snippet():
+    "A code cell without outputs and the shown code cells right after it are one block; text, or an output, ends it"
+    rm = _tool('readme')
+    nb = dict(cells=[_code('import a'), _code('#| hide\nsecret()'), _code('#| eval: false\nb = a.f()'), _md('Then:'),
+                     _code('c = 1', [_stream('x\n')]), _code('d = 2'), _code('#| echo: false\ne = 3'), _code('f = 4')])
+    eq(rm.render(nb), f"""{rm.WARNING}
+
+```python
+import a
+
+b = a.f()
+```
+
+Then:
+
+```python
+c = 1
+```
+
+```
+x
+```
+
+```python
+d = 2
+```
+
+```python
+f = 4
+```
+""")
+
 def test_readme_check(tmp_path, capsys):
     "`--check` fails with a diff while README.md differs, passes once written"
     rm = _tool('readme')
@@ -98,6 +135,23 @@ def test_readme_check(tmp_path, capsys):
     eq(rm.main(['--nb', str(nb), '--out', str(out)]), 0)
     eq(rm.main(['--nb', str(nb), '--out', str(out), '--check']), 0)
     eq(out.read_text(), rm.render(SCRATCH))
+
+# --- tools/proc_nbs.py ---------------------------------------------------------------------------------------
+
+def test_proc_nbs_traces_warnings(tmp_path):
+    "nbdev's warnings are found in its output, each traced to its notebook and cell (directives aside)"
+    pn = _tool('proc_nbs')
+    a, b = tmp_path/'a.ipynb', tmp_path/'b.ipynb'
+    a.write_text(json.dumps(dict(cells=[_md('# A'), _code('x = 1')])))
+    b.write_text(json.dumps(dict(cells=[_code('import os'), _md('text'), _code('#| hide\nimport io\ny = io.StringIO()')])))
+    out = ("noise\n/x/processors.py:242: UserWarning: Found cells containing imports and other code. See FAQ.\n---\n"
+           "import io\ny = io.StringIO()\n---\n\n  warn(...)\nmore\n"
+           "UserWarning: Found cells containing imports and other code. See FAQ.\n---\nimport re\nz = 2\n---\n")
+    cells = pn.warned_cells(out)
+    eq(cells, ['import io\ny = io.StringIO()', 'import re\nz = 2'])
+    eq(pn.find_cell(cells[0], [a, b]), (b, 2))
+    eq(pn.find_cell(cells[1], [a, b]), None)
+    eq(pn.warned_cells('Success.\n'), [])
 
 # --- Quarto config for nbdev-docs ------------------------------------------------------------------------
 
@@ -117,9 +171,11 @@ def test_quarto_config():
 # --- the offline site ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
-def site(tmp_path_factory):
+def site(tmp_path_factory, request):
+    "The site, built by tools/build_docs.py; the notebooks saved without outputs are run only with --runslow"
     out = tmp_path_factory.mktemp('site')/'_site'
-    r = subprocess.run([sys.executable, 'tools/build_docs.py', '--out', str(out), '--quiet'], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, 'tools/build_docs.py', '--out', str(out), '--quiet'] + ([] if request.config.getoption('--runslow') else ['--no-exec'])
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     return out
 
@@ -144,6 +200,7 @@ def _expected_pages():
     from nbdev.doclinks import nbglob
     return {Path(f).relative_to(NBS).as_posix(): nbpath2html(Path(f).relative_to(NBS)).as_posix() for f in nbglob(NBS)}
 
+@pytest.mark.long                                        # the first test to use `site`: it waits for the build
 def test_pages(site):
     "index.html, one page per module notebook and one per example, each with its title"
     pages = _expected_pages()
@@ -222,6 +279,87 @@ def test_named_sections(site):
     text = (site/'index.html').read_text(encoding='utf-8')
     assert re.search(r'<a href="callback.html#mixup" class="symbol"><code>MixUp', text)  # backticked names link to their section
 
+def _signature(page_html:str, anchor:str) -> str|None:
+    "The text of the show_doc signature in the section `anchor` of a page"
+    m = re.search(rf'id="{re.escape(anchor)}".*?<pre>(.*?)</pre>', page_html, flags=re.S)
+    if m is None: return None
+    return unescape(re.sub(r'<[^>]+>', '', m.group(1).replace('<span class="line"', '\n<span class="line"'))).strip()
+
+def _documented():
+    "(object, its page, its anchor) for every public function, class and patched `Learner` method"
+    d = importlib.import_module('fastai_mixaug._modidx').d
+    for modname, syms in d['syms'].items():
+        mod = importlib.import_module(modname)
+        names = _public(mod) + [n for k in syms if (n := k[len(modname) + 1:]).startswith('Learner.') and not n.split('.')[-1].startswith('_')]
+        for name in names:
+            obj = mod
+            for part in name.split('.'): obj = getattr(obj, part)
+            page, _, anchor = syms[f'{modname}.{name}'][0].partition('#')
+            yield name, obj, page, anchor
+
+def test_signatures_show_declared_types(site):
+    "A parameter shows a type exactly where the source declares one (never one guessed from its default), unions as `int|None`"
+    bad, n = [], 0
+    for name, obj, page, anchor in _documented():
+        sig_text = _signature((site/page).read_text(encoding='utf-8'), anchor)
+        if sig_text is None: bad.append(f'{name}: no signature in {page}#{anchor}'); continue
+        assert 'NoneType' not in sig_text, sig_text
+        code = '\n'.join(l.split(' # ')[0] for l in sig_text.splitlines())        # without the parameters' comments
+        params = list(inspect.signature(obj.__init__ if inspect.isclass(obj) else obj).parameters.values())
+        for prm in params:
+            if prm.name == 'self' or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD): continue
+            m = re.search(rf'(?<![\w.*]){prm.name}([:=,)\s])', code)
+            if m is None: bad.append(f'{name}({prm.name}): not in its signature'); continue
+            n += 1
+            if (m.group(1) == ':') != (prm.annotation is not inspect.Parameter.empty):
+                bad.append(f'{name}({prm.name}): shown as {code[m.start():m.start() + 40]!r}, declared {prm.annotation!r}')
+    assert not bad, '\n'.join(bad[:30])
+    assert n > 50
+    page = (site/'callback.html').read_text(encoding='utf-8')
+    assert 'seed:int|None=None,' in _signature(page, 'mixup')
+    assert re.search(r'(?<![\w.])seed=None\b', _signature(page, 'mixaugcallback'))      # declared without a type
+
+def test_wrap_lines():
+    "Each line of a <pre> becomes a span with its indent; spans open across a line break are closed and reopened"
+    bd = _tool('build_docs')
+    eq(bd.wrap_lines('<span class="k">def</span> f(\n    a, <span class="s">"""x\n  &amp;y"""</span>\n\n):\n'),
+       '<span class="line" style="--i:0"><span class="k">def</span> f(</span>'
+       '<span class="line" style="--i:4">    a, <span class="s">"""x</span></span>'
+       '<span class="line" style="--i:2"><span class="s">  &amp;y"""</span></span>'
+       '<span class="line" style="--i:0"></span>'
+       '<span class="line" style="--i:0">):</span>')
+
+def test_fix_cr():
+    "Stream text as a terminal shows it: a carriage return overwrites its line (progress bars)"
+    bd = _tool('build_docs')
+    eq(bd._fix_cr('a\nEpoch 0%\rEpoch 50%\r          \r\n\n\n\nrow 1   \nxyzw\rab\n'), 'a\n\nrow 1\nabzw\n')
+
+def test_long_lines_wrap(site):
+    "Every <pre> of the pages is made of line spans, and the CSS wraps them, continuing past the line's indent"
+    css = (site/'site.css').read_text()
+    assert re.search(r'pre \{[^}]*white-space: pre-wrap;[^}]*overflow-wrap: anywhere;', css)
+    assert re.search(r'pre \.line \{[^}]*display: block;[^}]*padding-left: calc\(\(var\(--i, 0\) \+ 4\) \* 1ch\);[^}]*text-indent: calc\(\(var\(--i, 0\) \+ 4\) \* -1ch\);', css)
+    assert re.search(r'main img \{[^}]*max-width: 100%', css)
+    n = 0
+    for page in site.rglob('*.html'):
+        for pre in re.findall(r'<pre\b[^>]*>(.*?)</pre>', page.read_text(encoding='utf-8'), flags=re.S):
+            n += 1
+            assert re.fullmatch(r'(<span class="line" style="--i:\d+">.*?</span>)*', pre, flags=re.S) and '\n' not in pre, (page.name, pre[:300])
+    assert n > 100
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_module_pages_show_outputs(site):
+    "Module notebooks are saved without outputs: the build runs them, so their pages show what the cells print and draw"
+    pages = _parse(site)
+    for page in ['core.html', 'callback.html', 'learner.html', 'data.html', 'show.html', 'cli.html']:
+        text = (site/page).read_text(encoding='utf-8')
+        outs = [o for o in re.findall(r'<div class="output_area">(.*?)</div>\s*</div>\s*</div>', text, flags=re.S) if 'output_markdown' not in o]
+        assert outs, f'{page}: no output of a cell (only show_doc)'
+        assert 'Traceback' not in text, page
+    for page in ['data.html', 'show.html']: assert any(s.startswith('data:image/png') for s in pages[page].imgs), f'{page}: no figure'
+    assert 'Epoch 1/1 : |' not in (site/'learner.html').read_text(encoding='utf-8')    # progress bars as a terminal leaves them
+
 def test_examples_show_outputs(site):
     "Example pages keep their saved outputs (figures as embedded images) and show no traceback"
     pages = _parse(site)
@@ -232,6 +370,14 @@ def test_examples_show_outputs(site):
         assert 'Traceback' not in (site/p).read_text(encoding='utf-8'), p
 
 # --- a real browser --------------------------------------------------------------------------------------
+
+@pytest.mark.long
+@pytest.mark.skipif(_tool('screenshot').find_browser() is None, reason="no Chromium (apt-get install chromium)")
+def test_browser_nothing_runs_off_at_1280px(site):
+    "Laid out by Chromium at 1280 px, no signature, code, output, table or image sticks out of, or scrolls in, the text column"
+    shot = _tool('screenshot')
+    for page in ['index.html', 'core.html', 'callback.html', 'learner.html', 'show.html', 'cli.html', 'examples/quickstart.html']:
+        eq(shot.overflow(site/page, 1280), [])
 
 @pytest.mark.skipif(_tool('screenshot').find_browser() is None, reason="no Chromium (apt-get install chromium)")
 def test_browser_screenshots(site, tmp_path):

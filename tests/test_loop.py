@@ -2,8 +2,11 @@
 and real images (MNIST-5k): lr_find, fit_one_cycle, fine_tune, GradientAccumulation, mixed precision, channels_last,
 get_preds / predict / tta / show_results / ClassificationInterpretation, save / load, export / load_learner.
 
-CI runs short epochs (a few batches, `Stop`) of fastai's xresnet18 at a quarter of its width (0.9M parameters);
-`--runslow` adds the full grid and torchvision's resnet18 (11.7M) for full epochs that must learn. With CUDA the data
+The default run has short epochs (a few batches, `Stop`) of fastai's xresnet18 at a quarter of its width (0.9M
+parameters): lr_find/fit_one_cycle/get_preds, fine_tune and save/load each with one augmentation (mixup, cutmix,
+cutmixup). CI adds the tests marked `ci`: those three with every augmentation; mixed precision / accumulation /
+channels_last, each variant once; inference identical to a plain learner; export loaded in a process without
+fastai_mixaug. `--runslow` adds the full grid and torchvision's resnet18 (11.7M) for full epochs that must learn. With CUDA the data
 and the models are on the GPU (fastai's default device), so this module is also the CUDA run of the loop."""
 import random, subprocess, sys, textwrap
 from functools import partial
@@ -36,6 +39,11 @@ def dls04(): return mnist_dls(bs=BS, digits=[0, 1, 2, 3, 4], n_valid=N_VALID)
 
 @pytest.fixture(scope='module')
 def dls59(): return mnist_dls(bs=BS, digits=[5, 6, 7, 8, 9], n_valid=N_VALID)
+
+
+def one_by_default(i):
+    "Each augmentation, for a test whose default run keeps one: `AUGS[i]` runs by default, the others are slow and `ci`"
+    return [pytest.param(a, marks=[pytest.mark.long] + ([] if j == i else [pytest.mark.slow, pytest.mark.ci])) for j, a in enumerate(AUGS)]
 
 
 class Stop(Callback):
@@ -118,7 +126,7 @@ def check_trained(learn, n_batches):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('aug', AUGS)
+@pytest.mark.parametrize('aug', one_by_default(0))
 def test_lr_find_then_fit_one_cycle_then_get_preds_then_fit(dls, aug):
     learn = make(dls, aug)
     w0 = weights(learn)
@@ -135,6 +143,7 @@ def test_lr_find_then_fit_one_cycle_then_get_preds_then_fit(dls, aug):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize('aug', AUGS)
 def test_lr_find_then_fit_one_cycle_learns_resnet18(aug):
     "torchvision's resnet18 (random weights), one whole epoch of one-cycle at the suggested learning rate"
@@ -173,11 +182,12 @@ def transfer(d04, d59, aug, arch, n):
     return learn
 
 
-@pytest.mark.parametrize('aug', AUGS)
+@pytest.mark.parametrize('aug', one_by_default(1))
 def test_fine_tune_transfer_learning(dls04, dls59, aug): transfer(dls04, dls59, aug, small_xresnet18, N_FAST)
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize('aug', AUGS)
 def test_fine_tune_transfer_learning_learns_resnet18(aug):
     d04, d59 = mnist_dls(bs=64, digits=[0, 1, 2, 3, 4]), mnist_dls(bs=64, digits=[5, 6, 7, 8, 9])
@@ -222,8 +232,8 @@ class Backprop(Callback):
 
 
 VARIANTS = ['grad_accum', 'to_bf16', 'to_fp16', 'autocast_bf16', 'bf16_inputs', 'channels_last']
-# CI: each variant with one augmentation, in turn (all four covered); --runslow: every pair
-GRID = [pytest.param(a, v, marks=[] if AUGS.index(a) == i % len(AUGS) else pytest.mark.slow)
+# CI: each variant with one augmentation, in turn (all four covered); --runslow: every pair (the default run: none)
+GRID = [pytest.param(a, v, marks=[pytest.mark.slow, pytest.mark.long] + ([pytest.mark.ci] if AUGS.index(a) == i % len(AUGS) else []))
         for i, v in enumerate(VARIANTS) for a in AUGS]
 
 @pytest.mark.parametrize('aug,variant', GRID)
@@ -280,6 +290,9 @@ def equal(a, b):
     return a == b
 
 
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.long
 @pytest.mark.parametrize('aug', AUGS)
 def test_inference_identical_to_without_plugin(dls, aug):
     learn = make(dls, aug, seed=3)
@@ -298,7 +311,7 @@ def test_inference_identical_to_without_plugin(dls, aug):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('aug', AUGS)
+@pytest.mark.parametrize('aug', one_by_default(2))
 def test_save_load_mid_training_and_continue(dls, aug, tmp_path):
     learn = make(dls, aug, path=tmp_path)
     fit(learn, 2, cbs=[SaveModelCallback(every_epoch=True, with_opt=True)])  # checkpoints written during training
@@ -330,6 +343,9 @@ except ImportError: pass
 else: raise SystemExit('the block failed')
 """
 
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.long
 def test_export_then_load_learner_in_a_process_without_fastai_mixaug(dls, tmp_path):
     "Export a learner trained with each callback (and Cutout with the mixers); load it and predict where `import fastai_mixaug` fails"
     items = [dls.valid_ds.items[i] for i in range(4)]

@@ -95,6 +95,9 @@ def test_one_liners_chain_replace_and_remove(dls):
     assert not [c for c in learn.cbs if isinstance(c, MixAugCallback)]
 
 
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.long
 def test_export_loads_where_fastai_mixaug_is_not_importable(dls, tmp_path):
     learn = make(dls, 'cutmixup').cutout(length=0.25)
     learn.path = tmp_path
@@ -122,6 +125,9 @@ def test_export_loads_where_fastai_mixaug_is_not_importable(dls, tmp_path):
     assert torch.allclose(torch.load(tmp_path/'p.pt'), want, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.long
 def test_training_with_each_augmentation_learns(dls):
     for aug in ONE_LINERS:
         learn = make(dls, aug)

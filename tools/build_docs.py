@@ -8,23 +8,29 @@ processed notebooks are rendered by nbconvert's HTML exporter instead of Quarto.
 example (`examples/quickstart.html`, ...), named as nbdev names them, a sidebar linking all pages, a table
 of contents per page, output images embedded, `.ipynb` links rewritten to the pages, the files the pages
 link to copied (for `index.ipynb`, whose text is also the README's, from the repository's root if not next
-to it), and every backticked public name linked to its documentation. Nothing is executed but what nbdev
-executes for `show_doc` (the imports and exported cells of module notebooks); saved outputs are shown as
-they are.
+to it), and every backticked public name linked to its documentation.
+
+What runs: what nbdev runs for `show_doc` (the imports and exported cells of module notebooks), and every notebook
+saved without outputs (the module notebooks), in a shell of its own, as nbdev-test runs it (cells flagged with
+`tst_flags` or `eval: false` left out), so that its page shows what its cells print and draw; a notebook saved with
+outputs (the examples) is shown as saved. Signatures show the types the source declares (fastcore would show a
+type guessed from the default: `seed:NoneType=None`), unions as written (`int|None`). Long lines of code and
+output wrap, continuing indented, instead of running off the page.
 """
 from __future__ import annotations
-import argparse, ast, html, json, os, re, shutil, sys, time, warnings
+import argparse, ast, contextlib, html, json, os, re, shutil, sys, time, warnings
 from pathlib import Path
 from urllib.parse import unquote
 
 import yaml
 from fastcore.nbio import read_nb
+from fastcore.xtras import working_directory
 from nbdev.config import get_config
 from nbdev.doclinks import nbglob
 from nbdev.process import NBProcessor, mk_cell
 from nbdev import processors as P
 
-__all__ = ['pages', 'process_nb', 'render_page', 'build', 'main']
+__all__ = ['pages', 'declared_types', 'execute_nb', 'process_nb', 'wrap_lines', 'render_page', 'build', 'main']
 
 # --- which notebooks, in which order ------------------------------------------------------------------------
 
@@ -98,9 +104,48 @@ def _procs():
     subs = {'add_show_docs': add_show_docs, 'exec_show_docs': exec_show_docs}
     return [subs.get(p.__name__, p) for p in P.FilterDefaults().base_procs() if p.__name__ != 'add_links']
 
-def process_nb(path:Path):
-    "The notebook at `path` after nbdev's doc processing, and its frontmatter"
+@contextlib.contextmanager
+def declared_types():
+    "While it lasts, `show_doc` signatures show the annotations the source declares, unions written `int|None`"
+    import fastcore.docments as fd
+    get_full, type_str = fd._get_full, fd._type_str
+    def _get_full(p, docs, eval_str=False):             # fastcore's, without `anno = type(p.default)`
+        return fd.AttrDict(docment=docs.get(p.name), anno=p.annotation, default=p.default, kind=p.kind)
+    fd._get_full, fd._type_str = _get_full, lambda anno: type_str(anno).replace(' | ', '|')
+    try: yield
+    finally: fd._get_full, fd._type_str = get_full, type_str
+
+def _has_outputs(nb) -> bool: return any(c.get('outputs') for c in nb.cells if c.cell_type == 'code')
+
+def execute_nb(path:Path, nb):
+    "Run `nb` (read from `path`) as nbdev-test does, in a shell of its own, filling in its cells' outputs"
+    from execnb.shell import CaptureShell
+    from nbdev.test import _skip_cell
+    run = NBProcessor(path, rm_directives=False, process=True).nb       # as nbdev-test reads it (directives parsed)
+    k, prev = CaptureShell(path), os.environ.get('IN_TEST')
+    os.environ['IN_TEST'] = '1'
+    try:
+        with working_directory(path.parent):
+            k.run_all(run, exc_stop=True, preproc=_skip_cell(run, get_config().tst_flags.split()))
+    except Exception as e: _warn(f"{path.name}: a cell failed while running it for its outputs: {type(e).__name__}: {e}", e)
+    finally:
+        if prev is None: os.environ.pop('IN_TEST', None)
+        else: os.environ['IN_TEST'] = prev
+    for c, r in zip(nb.cells, run.cells):
+        if c.cell_type == 'code': c['outputs'] = [_as_read(o) for o in r.get('outputs', [])]
+
+def _as_read(o:dict):
+    "An output as `read_nb` gives it: multi-line strings joined, attribute access"
+    from fastcore.xtras import dict2obj
+    j = lambda v: ''.join(v) if isinstance(v, list) else v
+    o = {k: j(v) for k, v in dict(o).items()}
+    if 'data' in o: o['data'] = {k: j(v) for k, v in dict(o['data']).items()}
+    return dict2obj(o)
+
+def process_nb(path:Path, execute:bool=True):
+    "The notebook at `path` (run first if `execute` and it has no saved outputs) after nbdev's doc processing, and its frontmatter"
     nb = read_nb(path)
+    if execute and not _has_outputs(nb): execute_nb(path, nb)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')             # nbdev's "imports and other code in one cell" FAQ warning
         NBProcessor(nb=nb, procs=_procs(), rm_directives='quarto').process()
@@ -132,6 +177,15 @@ def _fenced_divs(src:str) -> str:
     src = re.sub(r'^:::+\s*(\{[^}]*\}|[\w-]+)\s*$', lambda m: opener(m) if m.group(1).startswith('{') else f'\n<div class="{m.group(1)}">\n', src, flags=re.M)
     return re.sub(r'^:::+\s*$', '\n</div>\n', src, flags=re.M)
 
+def _fix_cr(text:str) -> str:
+    "Stream text as a terminal (and Jupyter) shows it: text after a `\\r` overwrites its line (progress bars), blank runs squeezed"
+    lines = []
+    for line in re.sub(r'\r+\n', '\n', text).split('\n'):
+        cur = ''
+        for part in line.split('\r'): cur = part + cur[len(part):]
+        lines.append(cur.rstrip())
+    return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines))
+
 def _prepare(nb):
     "Apply the directives Quarto would (echo, output, include) and strip what HTML cannot show"
     import nbformat
@@ -148,7 +202,7 @@ def _prepare(nb):
             if d.get('output') == 'false': c['outputs'] = []
             c['metadata'] = {'tags': sorted(tags)}
             for o in c.get('outputs', []):
-                if o.get('output_type') == 'stream' and o.get('name') == 'stderr': o['text'] = ''
+                if o.get('output_type') == 'stream': o['text'] = '' if o.get('name') == 'stderr' else _fix_cr(o.get('text', ''))
             c['outputs'] = [o for o in c.get('outputs', []) if not (o.get('output_type') == 'stream' and not o.get('text'))]
         elif c.cell_type == 'raw': continue
         cells.append(c)
@@ -180,10 +234,37 @@ def _fix_headings(body:str) -> tuple[str, list]:
     body = re.sub(r'<h([1-6])(\s+id="[^"]*")?>(.*?)</h\1>', repl, body, flags=re.S)
     return body, toc
 
+_re_tag = re.compile(r'(<[^>]+>)')
+def _tag_name(t:str) -> str: return re.match(r'<(\w+)', t).group(1)
+
+def wrap_lines(pre:str) -> str:
+    "The HTML inside a `<pre>`, one `<span class=\"line\">` per line (indent in `--i`), spans closed and reopened across lines"
+    out, open_, line = [], [], []
+    def end():
+        text = html.unescape(re.sub(r'<[^>]+>', '', ''.join(line)))
+        ind = len(text) - len(text.lstrip(' '))
+        close = ''.join(f'</{_tag_name(t)}>' for t in reversed(open_))
+        out.append(f'<span class="line" style="--i:{ind}">{"".join(line)}{close}</span>')
+    for part in _re_tag.split(pre):
+        if part.startswith('<'):
+            if part.startswith('</'): open_.pop() if open_ else None
+            elif not part.endswith('/>'): open_.append(part)
+            line.append(part); continue
+        for i, chunk in enumerate(part.split('\n')):
+            if i:
+                end(); line = list(open_)
+            line.append(chunk)
+    if ''.join(re.sub(r'<[^>]+>', '', x) for x in line): end()
+    return ''.join(out)
+
+def _wrap_pres(body:str) -> str:
+    "Every `<pre>` of a page, line by line (see `wrap_lines`): with the CSS, long lines wrap, continuing indented"
+    return re.sub(r'(<pre\b[^>]*>)(.*?)(</pre>)', lambda m: m.group(1) + wrap_lines(m.group(2)) + m.group(3), body, flags=re.S)
+
 def render_page(nb, exporter) -> tuple[str, list]:
     "HTML body of a processed notebook, and its headings"
     body, _ = exporter.from_notebook_node(_prepare(nb))
-    return _fix_headings(body)
+    return _fix_headings(_wrap_pres(body))
 
 # --- links --------------------------------------------------------------------------------------------------
 
@@ -236,7 +317,7 @@ body { margin:0; font: 16px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "
 a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
 header.top { background: var(--accent); color: #fff; padding: .6rem 1.2rem; font-weight: 600; font-size: 1.1rem; position: sticky; top: 0; z-index: 2; }
 header.top a { color: #fff; }
-.layout { display: grid; grid-template-columns: 250px minmax(0, 1fr) 220px; gap: 2rem; max-width: 1400px; margin: 0 auto; }
+.layout { display: grid; grid-template-columns: 220px minmax(0, 1fr) 200px; gap: 1.5rem; max-width: 1440px; margin: 0 auto; padding: 0 1rem 0 0; }
 nav.sidebar, nav.toc { position: sticky; top: 3rem; align-self: start; max-height: calc(100vh - 3rem); overflow-y: auto; padding: 1.2rem 0 1rem 1rem; font-size: .92rem; }
 nav.sidebar .group { margin: 1rem 0 .3rem; color: var(--muted); font-size: .78rem; text-transform: uppercase; letter-spacing: .05em; font-weight: 600; }
 nav.sidebar a, nav.toc a { display: block; padding: .18rem .5rem; color: var(--fg); border-left: 2px solid transparent; }
@@ -252,11 +333,15 @@ h3 { margin-top: 1.8rem; }
 code { background: var(--code); padding: .1em .3em; border-radius: 3px; font-size: .88em; color: #9753b8; }
 a code { color: var(--accent); }
 pre { background: var(--code); padding: .7rem .9rem; border-radius: 4px; overflow-x: auto; font-size: .85rem; line-height: 1.4; }
+/* long lines (signatures with their parameter comments, code, output) wrap, continuing 4 columns past the line's indent */
+pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+pre .line { display: block; padding-left: calc((var(--i, 0) + 4) * 1ch); text-indent: calc((var(--i, 0) + 4) * -1ch); min-height: 1.4em; }
 pre code { background: none; padding: 0; color: inherit; }
 .input_area pre { border-left: 3px solid var(--accent); }
 .output_area pre { background: #fff; border: 1px solid var(--border); }
-.output_area img { max-width: 100%; height: auto; }
+main img { max-width: 100%; height: auto; }
 .output_area table, .text_cell_render table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
+.output_area table { display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid var(--border); padding: .3rem .6rem; text-align: left; vertical-align: top; }
 thead th { background: #f1f3f5; }
 .cell { margin: .6rem 0; }
@@ -266,7 +351,7 @@ blockquote { margin: .5rem 0; padding: .1rem 1rem; border-left: 4px solid var(--
 .callout-warning, .callout-caution, .callout-important { border-left-color: #ff7518; background: #fff7f0; }
 progress { display: none; }
 footer { color: var(--muted); font-size: .8rem; margin-top: 3rem; }
-@media (max-width: 1000px) { .layout { grid-template-columns: 200px minmax(0, 1fr); } nav.toc { display: none; } }
+@media (max-width: 1100px) { .layout { grid-template-columns: 200px minmax(0, 1fr); } nav.toc { display: none; } }
 """
 
 def _inline(text:str) -> str:
@@ -320,8 +405,8 @@ def _copy_linked(out:Path, page:str, src_dir:Path, root:Path|None=None, max_byte
 
 # --- the build ----------------------------------------------------------------------------------------------
 
-def build(out:str|Path='_site', quiet:bool=False, strict:bool=False) -> Path:
-    "Build the site into `out` (replaced); return its path. `strict`: fail where nbdev-docs would fail"
+def build(out:str|Path='_site', quiet:bool=False, strict:bool=False, execute:bool=True) -> Path:
+    "Build the site into `out` (replaced); return its path. `strict`: fail where nbdev-docs would fail; `execute`: run notebooks saved without outputs"
     global STRICT
     STRICT = strict; WARNINGS.clear()
     from nbconvert import HTMLExporter
@@ -340,7 +425,7 @@ def build(out:str|Path='_site', quiet:bool=False, strict:bool=False) -> Path:
     for f in pages(nbs):
         rel = f.relative_to(nbs)
         t = time.perf_counter(), time.process_time()
-        nb, fm = process_nb(f)
+        with declared_types(): nb, fm = process_nb(f, execute)
         if not quiet: print(f"processed {rel} ({time.perf_counter() - t[0]:.1f}s, {time.process_time() - t[1]:.1f}s CPU)", flush=True)
         page = (rel.parent / fm.get('output-file', rel.with_suffix('.html').name)).as_posix()
         group = 'API' if len(rel.parts) == 1 and rel.name != 'index.ipynb' else ' '.join(rel.parts[:-1]).replace('_', ' ').title()
@@ -374,8 +459,9 @@ def main(argv=None):
     p.add_argument('--out', default='_site', help="output folder, replaced (default: _site, git-ignored)")
     p.add_argument('--quiet', action='store_true', help="print nothing but errors")
     p.add_argument('--strict', action='store_true', help="fail on a cell that nbdev-docs would fail on (default: warn, go on)")
+    p.add_argument('--no-exec', action='store_true', help="don't run the notebooks saved without outputs (their pages show no outputs)")
     a = p.parse_args(argv)
-    build(Path(a.out).absolute(), a.quiet, a.strict)
+    build(Path(a.out).absolute(), a.quiet, a.strict, not a.no_exec)
     if WARNINGS: print(f"{len(WARNINGS)} warning(s) above: cells nbdev-docs would run in full, or fail on (--strict makes them errors)", file=sys.stderr)
 
 if __name__ == '__main__': main()
