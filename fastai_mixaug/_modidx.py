@@ -218,6 +218,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                        'fastai_mixaug.learner._set_cb': ('learner.html#_set_cb', 'fastai_mixaug/learner.py')},
             'fastai_mixaug.masks': { 'fastai_mixaug.masks._sort_rows': ('masks.html#_sort_rows', 'fastai_mixaug/masks.py'),
                                      'fastai_mixaug.masks._spectrum_scale': ('masks.html#_spectrum_scale', 'fastai_mixaug/masks.py'),
+                                     'fastai_mixaug.masks.check_decay_power': ('masks.html#check_decay_power', 'fastai_mixaug/masks.py'),
                                      'fastai_mixaug.masks.check_scale': ('masks.html#check_scale', 'fastai_mixaug/masks.py'),
                                      'fastai_mixaug.masks.fmix_masks': ('masks.html#fmix_masks', 'fastai_mixaug/masks.py'),
                                      'fastai_mixaug.masks.sample_fmix': ('masks.html#sample_fmix', 'fastai_mixaug/masks.py'),

@@ -13,7 +13,7 @@ from fastai.learner import Learner
 from fastai.torch_core import rank_distrib
 from .core import *
 from .core import _is_num, _plain
-from .masks import sample_fmix, sample_resizemix, check_scale
+from .masks import sample_fmix, sample_resizemix, check_scale, check_decay_power
 from .hidden import Site, hidden_sites, find_sites, representation_site
 
 # %% auto #0
@@ -264,9 +264,7 @@ class FMix(MixCallback):
     ):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.alpha = check_alpha(alpha, 'alpha')
-        if not _is_num(decay_power): raise TypeError(f"`decay_power` must be a number > 0, got {decay_power!r}")
-        if not (decay_power > 0 and math.isfinite(decay_power)): raise ValueError(f"`decay_power` must be a finite number > 0, got {decay_power}")
-        self.decay_power = decay_power
+        self.decay_power = check_decay_power(decay_power)
     def _params(self, pct): return dict(alpha=sched_value(self.alpha, pct, 'alpha'))
     def _sample(self, x, p, alpha):
         return sample_fmix(x.shape[0], self._spatial(x), alpha, self.decay_power, p, self.mode, x.device, self._rng(x.device))

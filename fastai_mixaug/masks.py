@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['fmix_masks', 'sample_fmix', 'check_scale', 'sample_resizemix']
+__all__ = ['fmix_masks', 'check_decay_power', 'sample_fmix', 'check_scale', 'sample_resizemix']
 
 # %% ../nbs/00a_masks.ipynb #455b15a2
 from .core import MixParams, sample_beta, box_area, _grid, _is_num
@@ -49,6 +49,12 @@ def fmix_masks(
     return (img < thr).view(n, 1, *spatial)                 # the partner's pixels: below the threshold
 
 # %% ../nbs/00a_masks.ipynb #5cf61646
+def check_decay_power(v, name:str='decay_power') -> float:
+    "Check that `v` is a finite number > 0 (FMix's spectral decay); return it"
+    if not _is_num(v): raise TypeError(f"`{name}` must be a number > 0, got {v!r}")
+    if not (v > 0 and math.isfinite(v)): raise ValueError(f"`{name}` must be a finite number > 0, got {v}")
+    return float(v)
+
 def sample_fmix(
     bs:int, # batch size
     spatial:tuple, # spatial shape of the inputs (1-D, 2-D or 3-D)
@@ -62,9 +68,7 @@ def sample_fmix(
     "Draw the partners, masks and λ of one FMix batch"
     spatial = tuple(spatial)
     if not spatial: raise ValueError("FMix needs inputs with spatial dimensions, shaped (bs, C, *spatial)")
-    if not (_is_num(decay_power) and decay_power > 0 and math.isfinite(decay_power)):
-        raise ValueError(f"`decay_power` must be a finite number > 0, got {decay_power!r}")
-    n = bs if mode == 'elem' else 1
+    decay_power, n = check_decay_power(decay_power), (bs if mode == 'elem' else 1)
     perm = torch.randperm(bs, device=device, generator=generator)
     lam = sample_beta(alpha, n, device, generator)
     cut = torch.ones(n, dtype=torch.bool, device=device)
