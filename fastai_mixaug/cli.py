@@ -210,12 +210,15 @@ def parser() -> argparse.ArgumentParser:
         "learn.mixup() & co): one fresh model per augmentation and seed, trained with\n"
         "fit_one_cycle. Then print and save a results table: validation error (mean ±\n"
         "std over seeds) and its difference to no augmentation, training time, and the\n"
-        "time overhead against no augmentation.",
+        "time overhead against no augmentation.\n\n"
+        "fastai-mixaug study [...] runs the study over training-set sizes, schedule\n"
+        "lengths and seeds instead: see fastai-mixaug study --help.",
         epilog="written into --out:\n" + ''.join(f"  {f:<24} {w}\n" for f, w in _WRITTEN) + "\n"
         "examples:\n"
         "  fastai-mixaug\n"
         "  fastai-mixaug --epochs 12 --seeds 0,1,2 --out results --quiet\n"
-        "  fastai-mixaug --augs none,cutmix --bs 128 --lr 0.005")
+        "  fastai-mixaug --augs none,cutmix --bs 128 --lr 0.005\n"
+        "  fastai-mixaug study --help")
     p.add_argument('--epochs', type=_pos_int, default=EPOCHS_DEFAULT, metavar='N', help=f"epochs of fit_one_cycle per run (default: {EPOCHS_DEFAULT})")
     p.add_argument('--seeds', type=_seeds, default=[0], metavar='S[,S...]', help="comma-separated seeds; every augmentation is trained once per seed (default: 0)")
     p.add_argument('--augs', type=_augs, default=None, metavar='A[,A...]', help=f"comma-separated augmentations, from {','.join(AUGS)} (default: all that this fastai_mixaug has)")
@@ -258,8 +261,11 @@ def _check(p:argparse.ArgumentParser, args:argparse.Namespace):
 
 # %% ../nbs/05_cli.ipynb #b67a3174
 def main(argv:list[str]|None=None) -> None:
-    "Entry point of `fastai-mixaug`: `argv` is the list of arguments (`sys.argv[1:]` if `None`)"
+    "Entry point of `fastai-mixaug`: `argv` is the list of arguments (`sys.argv[1:]` if `None`); `study ...` runs the study"
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['study']:
+        from fastai_mixaug.study import main as study
+        return study(argv[1:])
     p = parser()
     args = p.parse_args(argv)
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated') # fastai 2.8 on recent torch, not ours

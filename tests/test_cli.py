@@ -16,7 +16,7 @@ def _cmd(*args):
 def test_help():
     r = _cmd('--help')
     assert r.returncode == 0, r.stderr
-    for w in FLAGS + list(AUGS) + ['MNIST-5k', 'results.md', 'results.csv', 'history.csv', '_batch.png']: assert w in r.stdout, w
+    for w in FLAGS + list(AUGS) + ['MNIST-5k', 'results.md', 'results.csv', 'history.csv', '_batch.png', 'fastai-mixaug study --help']: assert w in r.stdout, w
 
 def _written_per_help(help_text, augs, show):
     "The files that --help's 'written into --out' list promises for a run of `augs`"
