@@ -17,7 +17,7 @@ __all__ = ['AUGS', 'MODELS', 'N_TRAIN', 'N_TRAIN_DEFAULT', 'EPOCHS_DEFAULT', 'sm
 AUGS = ('none', 'mixup', 'cutmix', 'cutout', 'cutmixup', 'fmix', 'resizemix', 'manifold_mixup') # augmentations by the name of their one-liner (`learn.mixup()`), in the tables' order
 MODELS = ('small_cnn', 'xresnet18') # what `--model` accepts
 N_TRAIN = 4000 # MNIST-5k's training images (the last 1,000 of the 5,000 are the validation set)
-N_TRAIN_DEFAULT, EPOCHS_DEFAULT = 4000, 8 # the main command's default run
+N_TRAIN_DEFAULT, EPOCHS_DEFAULT = 1000, 30 # the main command's default run: a small training set, a long schedule
 
 def small_cnn(w:int=32): # -> nn.Module
     "The default model: three stride-2 conv layers (BatchNorm, ReLU), global average pooling, a linear head"
@@ -166,6 +166,9 @@ def findings(summary:list[dict]) -> list[str]:
 def _regime(n_train:int, epochs:int) -> str:
     "What the run's training-set size and schedule are"
     s = f"{n_train:,} training images, {epochs} epoch{'s' if epochs > 1 else ''}"
+    if (n_train, epochs) == (N_TRAIN_DEFAULT, EPOCHS_DEFAULT):
+        s += (" (the default): a small training set and a long schedule, the regime where regularisers like these are meant"
+              f" to pay off; run with --n-train {N_TRAIN} --epochs 8 for the opposite case, more data and a short schedule")
     return s + "."
 
 # %% ../nbs/05_cli.ipynb #8e71242e
@@ -208,15 +211,17 @@ def parser() -> argparse.ArgumentParser:
         "4,000 train / 1,000 valid, a fixed split) with no augmentation and with each\n"
         "augmentation (fastai_mixaug's callbacks at their default settings, through\n"
         "learn.mixup() & co): one fresh model per augmentation and seed, trained with\n"
-        "fit_one_cycle. Then print and save a results table: validation error (mean ±\n"
-        "std over seeds) and its difference to no augmentation, training time, and the\n"
-        "time overhead against no augmentation.\n\n"
+        f"fit_one_cycle. By default on {N_TRAIN_DEFAULT:,} of the training images for {EPOCHS_DEFAULT} epochs, a\n"
+        "small training set and a long schedule. Then print and save a results table:\n"
+        "validation error (mean ± std over seeds) and its difference to no augmentation,\n"
+        "training time, and the time overhead against no augmentation.\n\n"
         "fastai-mixaug study [...] runs the study over training-set sizes, schedule\n"
         "lengths and seeds instead: see fastai-mixaug study --help.",
         epilog="written into --out:\n" + ''.join(f"  {f:<24} {w}\n" for f, w in _WRITTEN) + "\n"
         "examples:\n"
         "  fastai-mixaug\n"
-        "  fastai-mixaug --epochs 12 --seeds 0,1,2 --out results --quiet\n"
+        f"  fastai-mixaug --seeds 0,1,2 --out results --quiet\n"
+        f"  fastai-mixaug --n-train {N_TRAIN} --epochs 8\n"
         "  fastai-mixaug --augs none,cutmix --bs 128 --lr 0.005\n"
         "  fastai-mixaug study --help")
     p.add_argument('--epochs', type=_pos_int, default=EPOCHS_DEFAULT, metavar='N', help=f"epochs of fit_one_cycle per run (default: {EPOCHS_DEFAULT})")

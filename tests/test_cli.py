@@ -17,6 +17,8 @@ def test_help():
     r = _cmd('--help')
     assert r.returncode == 0, r.stderr
     for w in FLAGS + list(AUGS) + ['MNIST-5k', 'results.md', 'results.csv', 'history.csv', '_batch.png', 'fastai-mixaug study --help']: assert w in r.stdout, w
+    flat = ' '.join(r.stdout.split())   # argparse wraps lines
+    assert '(default: 1000)' in flat and '(default: 30)' in flat
 
 def _written_per_help(help_text, augs, show):
     "The files that --help's 'written into --out' list promises for a run of `augs`"
@@ -193,3 +195,11 @@ def test_step_timers_window(monkeypatch):
                       Work(5, 'before_batch', 100.), Work(0, 'after_step', 1000.)])           # the rest of the step
     assert tic.augs == [11.] * 3
     assert tic.steps == [1111.] * 3
+
+def test_regime_line():
+    "The line that says what the run's size and schedule are; the default's says what regime it is, and how to see the other"
+    assert cli._regime(1000, 30) == ("1,000 training images, 30 epochs (the default): a small training set and a long schedule, the regime "
+                                     "where regularisers like these are meant to pay off; run with --n-train 4000 --epochs 8 for the opposite "
+                                     "case, more data and a short schedule.")
+    assert cli._regime(4000, 8) == "4,000 training images, 8 epochs."
+    assert cli._regime(1000, 1) == "1,000 training images, 1 epoch."
