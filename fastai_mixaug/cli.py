@@ -9,15 +9,17 @@ from contextlib import nullcontext
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['AUGS', 'MODELS', 'N_TRAIN', 'N_TRAIN_DEFAULT', 'EPOCHS_DEFAULT', 'small_cnn', 'make_model', 'available_augs',
-           'step_timers', 'no_validation', 'keep_rng', 'make_learner', 'train_one', 'summarise', 'results_md',
-           'findings', 'parser', 'check_out', 'main']
+__all__ = ['AUGS', 'MODELS', 'N_TRAIN', 'N_TRAIN_DEFAULT', 'EPOCHS_DEFAULT', 'AUG_KW', 'small_cnn', 'make_model',
+           'available_augs', 'step_timers', 'no_validation', 'keep_rng', 'make_learner', 'train_one', 'summarise',
+           'results_md', 'findings', 'parser', 'check_out', 'main']
 
 # %% ../nbs/05_cli.ipynb #57d5a912
 AUGS = ('none', 'mixup', 'cutmix', 'cutout', 'cutmixup', 'fmix', 'resizemix', 'manifold_mixup') # augmentations by the name of their one-liner (`learn.mixup()`), in the tables' order
 MODELS = ('small_cnn', 'xresnet18') # what `--model` accepts
 N_TRAIN = 4000 # MNIST-5k's training images (the last 1,000 of the 5,000 are the validation set)
 N_TRAIN_DEFAULT, EPOCHS_DEFAULT = 1000, 30 # the main command's default run: a small training set, a long schedule
+AUG_KW = {('manifold_mixup', 'small_cnn'): dict(modules=['0', '1'])} # the one-liners' arguments where the defaults need help: a plain
+# `nn.Sequential` has no stages `hidden_sites` knows, so Manifold Mixup mixes after the small CNN's first two conv layers (the paper's stages 1-2)
 
 def small_cnn(w:int=32): # -> nn.Module
     "The default model: three stride-2 conv layers (BatchNorm, ReLU), global average pooling, a linear head"
@@ -79,7 +81,7 @@ def keep_rng(): # -> fastai Callback
     return KeepRNG()
 
 def make_learner(dls, aug:str, seed:int, model:str='small_cnn'): # -> Learner
-    "A fresh model on `dls` with augmentation `aug` (one of `AUGS`) at its default settings, seeded"
+    "A fresh model on `dls` with augmentation `aug` (one of `AUGS`) at its default settings (with `AUG_KW`), seeded"
     import torch.nn as nn
     from fastai.learner import Learner
     from fastai.metrics import accuracy
@@ -88,7 +90,7 @@ def make_learner(dls, aug:str, seed:int, model:str='small_cnn'): # -> Learner
     set_seed(seed, reproducible=True)   # the initial weights
     dls.train.rng = random.Random(seed) # the shuffling order
     learn = Learner(dls, make_model(model), loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
-    return learn if aug == 'none' else getattr(learn, aug)()
+    return learn if aug == 'none' else getattr(learn, aug)(**AUG_KW.get((aug, model), {}))
 
 def train_one(dls, aug:str, seed:int, epochs:int, lr:float, model:str='small_cnn', quiet:bool=False,
               every_epoch:bool=True, # validate after every epoch; if `False`, once after `fit` (`learn.validate()`)
