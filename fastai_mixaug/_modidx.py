@@ -32,8 +32,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'fastai_mixaug/callback.py'),
                                         'fastai_mixaug.callback.ManifoldMixUp._params': ( 'callback.html#manifoldmixup._params',
                                                                                           'fastai_mixaug/callback.py'),
-                                        'fastai_mixaug.callback.ManifoldMixUp._sample': ( 'callback.html#manifoldmixup._sample',
-                                                                                          'fastai_mixaug/callback.py'),
                                         'fastai_mixaug.callback.ManifoldMixUp._where': ( 'callback.html#manifoldmixup._where',
                                                                                          'fastai_mixaug/callback.py'),
                                         'fastai_mixaug.callback.ManifoldMixUp.sites': ( 'callback.html#manifoldmixup.sites',

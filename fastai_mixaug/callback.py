@@ -178,8 +178,9 @@ class MixCallback(MixAugCallback):
         except Exception as e:
             shapes = ', '.join(f"{t.dtype} {tuple(t.shape)}" for t in learn.yb if isinstance(t, Tensor))
             raise TypeError(f"{type(self).__name__}: loss_func {learn.loss_func!r} failed on the mixed targets ({shapes}): "
-                            f"{type(e).__name__}: {e}. With mix_target='label' the targets are soft (one-hot mixed): use a loss that "
-                            "takes class probabilities (nn.CrossEntropyLoss, BCEWithLogitsLossFlat), or mix_target='auto'") from e
+                            f"{type(e).__name__}: {e}. Mixed targets are soft (λ-blends of one-hot or multi-hot rows, or of values): use a loss "
+                            "that takes them (nn.CrossEntropyLoss takes class probabilities, BCEWithLogitsLossFlat multi-hot rows), or, "
+                            "for class indices, mix_target='auto' (the loss is mixed instead)") from e
 
     def after_loss(self):
         "Replace the loss of this batch by the λ-weighted loss, when the targets need it"
@@ -294,7 +295,7 @@ def _check_modules(v):
         raise TypeError(f"`modules` must be None, or a non-empty list of modules of the model or their names (str), got {v!r}")
     return list(v)
 
-class ManifoldMixUp(MixCallback):
+class ManifoldMixUp(_BlendBox):
     "Manifold Mixup (https://arxiv.org/abs/1806.05236): blend a hidden state of each sample with a random partner's, at one module per batch"
     def __init__(self,
         alpha:float=2., # α of Beta(α, α) (or a schedule); each sample keeps max(λ, 1-λ) of itself (the paper: α=2)
@@ -307,9 +308,7 @@ class ManifoldMixUp(MixCallback):
     ):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.alpha, self.modules = check_alpha(alpha, 'alpha'), _check_modules(modules)
-    def _params(self, pct): return dict(mixup_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=1.)
-    def _sample(self, x, p, **kw):
-        return sample_mix(x.shape[0], tuple(x.shape[2:]), p=p, mode=self.mode, device=x.device, generator=self._rng(x.device), **kw)
+    def _params(self, pct): return dict(mixup_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=1.)  # MixUp's draw
     def _where(self, model): return hidden_sites(model) if self.modules is None else find_sites(model, self.modules)
     @property
     def sites(self) -> list[Site]|None:
