@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 EX = Path(__file__).resolve().parent.parent/'nbs'/'examples'
-NAMES = ['01_quickstart', '02_fine_tune', '03_multilabel_regression', '04_visual_tour', '05_keras_migration']
+NAMES = ['01_quickstart', '02_fine_tune', '03_multilabel_regression', '04_visual_tour', '05_keras_migration', '06_tabular_text_hidden']
 
 def _nb(name): return json.loads((EX/f'{name}.ipynb').read_text(encoding='utf-8'))
 def _src(c): return ''.join(c['source'])
@@ -15,7 +15,7 @@ def _flags(c): return {m.group(1) for m in re.finditer(r'^#\|\s*([\w-]+)', _src(
 def _code(nb): return [c for c in nb['cells'] if c['cell_type'] == 'code']
 
 def test_the_examples():
-    "The five notebooks the issue asks for, and nothing half-made beside them"
+    "The six example notebooks, and nothing half-made beside them"
     assert sorted(p.stem for p in EX.glob('*.ipynb')) == NAMES
 
 @pytest.mark.parametrize('name', NAMES)

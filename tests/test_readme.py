@@ -37,7 +37,7 @@ TRAINS = re.compile(r'\.(fit\w*|fine_tune)\(')
 
 def test_snippets_found():
     "The extraction finds the README's snippets (else the tests below would check nothing)"
-    assert [i for i, _ in SNIPPETS] == ['use-1', 'use-2', 'multi-gpu-training-1']
+    assert [i for i, _ in SNIPPETS] == ['use-1', 'use-2', 'use-3', 'multi-gpu-training-1']
     assert snippets("## A b\n```python\nx = 1\n```\n```sh\nls\n```\n```python\ny\n```\n## C\n```python\nz\n```\n") == \
         [('a-b-1', 'x = 1\n'), ('a-b-2', 'y\n'), ('c-1', 'z\n')]
 
