@@ -10,7 +10,11 @@ from helpers import (one_thread, seeded,  # noqa: F401 (autouse fixtures: one to
                      image_dls, make_learner, tiny_cnn, quiet_fit, quiet_validate, quiet_preds, params, same_params, same_cbs,
                      Raise, RaiseInForward, RaisingLoss)
 
-AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout']
+AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
+def add(learn, aug, **kw):
+    "`learn.<aug>(**kw)`; Manifold Mixup after the tiny CNN's BatchNorm (a plain Sequential has no stages it knows)"
+    if aug == 'manifold_mixup': kw['modules'] = [next(m for m in learn.model.modules() if isinstance(m, nn.BatchNorm2d))]
+    return getattr(learn, aug)(**kw)
 
 
 @pytest.fixture(scope='module')
@@ -28,7 +32,7 @@ def _equal_preds(a, b): return len(a) == len(b) and all(torch.equal(u, v) for u,
 @pytest.mark.parametrize('aug', AUGS + ['cutmixup+cutout'])
 def test_validation_and_get_preds_identical_to_a_learner_without_the_callback(dls, aug):
     learn = make_learner(dls)
-    for a in aug.split('+'): getattr(learn, a)(seed=0)
+    for a in aug.split('+'): add(learn, a, seed=0)
     quiet_fit(learn)                                                # weights trained with the augmentation
     v1, p1, t1 = quiet_validate(learn), quiet_preds(learn), quiet_preds(learn, ds_idx=0)
     clean = _clean_twin(learn)
@@ -80,7 +84,7 @@ def test_learner_intact_after_an_exception_mid_epoch(dls, aug, site, exc_name):
     exc = EXCS[exc_name]
     lf = RaisingLoss(exc, k=3) if site == 'per-sample loss' else nn.CrossEntropyLoss(label_smoothing=0.1)
     model = RaiseInForward(tiny_cnn(), exc, k=2) if site == 'forward' else tiny_cnn()
-    learn = getattr(make_learner(dls, model=model, loss_func=lf), aug)(seed=0)
+    learn = add(make_learner(dls, model=model, loss_func=lf), aug, seed=0)
     cbs = list(learn.cbs)
     extra = [Raise(exc, k=2)] if site == 'after_loss' else []
     with pytest.raises(type(exc)): quiet_fit(learn, cbs=extra)
@@ -183,7 +187,7 @@ def test_export_and_load_learner(dls, tmp_path):
 @pytest.mark.parametrize('bs', [1, 7])
 @pytest.mark.parametrize('aug', AUGS)
 def test_full_loop_with_batch_size_1_and_odd(aug, bs):
-    learn = getattr(make_learner(image_dls(n_train=3 * bs, n_valid=bs, bs=bs)), aug)(seed=0)
+    learn = add(make_learner(image_dls(n_train=3 * bs, n_valid=bs, bs=bs)), aug, seed=0)
     w = params(learn.model)
     quiet_fit(learn)
     assert not same_params(w, params(learn.model))

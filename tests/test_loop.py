@@ -25,7 +25,7 @@ from fastai_mixaug.all import MixCallback, MixAugCallback, mix_loss
 from fastai_mixaug.data import mnist_dls
 from mixaug_helpers import drive
 
-AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout']
+AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
 BS, N_VALID, N_FAST = 32, 64, 2                       # batch size, validation images, training batches per epoch in CI
 small_xresnet18 = partial(xresnet18, widen=0.25)      # a partial of fastai's function: exported learners unpickle anywhere
 model_meta[small_xresnet18] = model_meta[xresnet18]   # vision_learner cuts and splits it as an xresnet18
@@ -73,7 +73,9 @@ class Watch(Callback):
         self._check_lf()
         if not self.training: return
         self.n_batches += 1
-        self.n_aug += not torch.equal(self.xb[0], self.learn._raw_x)
+        mix = next((c for c in self.learn.cbs if isinstance(c, MixCallback)), None)
+        hidden = mix is not None and bool(mix._handles)   # ManifoldMixUp armed: a hidden state is mixed in the forward pass, not xb
+        self.n_aug += hidden or not torch.equal(self.xb[0], self.learn._raw_x)
         self.dtypes.add(self.xb[0].dtype)
     def after_loss(self):
         self._check_lf()

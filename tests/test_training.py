@@ -9,7 +9,8 @@ from fastai_mixaug.all import MixUp, CutMix, CutMixUp, Cutout, MixAugCallback
 from fastai_mixaug.data import mnist_dls
 from fastai_mixaug.cli import small_cnn
 
-ONE_LINERS = ['mixup', 'cutmix', 'cutmixup', 'cutout']
+ONE_LINERS = ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
+KW = {'manifold_mixup': dict(modules=['0', '1'])}   # the small CNN: after its first two conv layers (a plain Sequential has no stages it knows)
 
 
 @pytest.fixture(scope='module')
@@ -20,7 +21,7 @@ def dls():
 def make(dls, aug=None, loss_func=None, **kw):
     set_seed(0, reproducible=True)
     learn = Learner(dls, small_cnn(8), loss_func=loss_func or nn.CrossEntropyLoss(), metrics=accuracy)
-    return getattr(learn, aug)(**kw) if aug else learn
+    return getattr(learn, aug)(**{**KW.get(aug, {}), **kw}) if aug else learn
 
 
 def quiet_fit(learn, n=1, **kw):
