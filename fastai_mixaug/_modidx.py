@@ -129,6 +129,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'fastai_mixaug.cli.make_learner': ('cli.html#make_learner', 'fastai_mixaug/cli.py'),
                                    'fastai_mixaug.cli.make_model': ('cli.html#make_model', 'fastai_mixaug/cli.py'),
                                    'fastai_mixaug.cli.no_validation': ('cli.html#no_validation', 'fastai_mixaug/cli.py'),
+                                   'fastai_mixaug.cli.parse_aug': ('cli.html#parse_aug', 'fastai_mixaug/cli.py'),
                                    'fastai_mixaug.cli.parser': ('cli.html#parser', 'fastai_mixaug/cli.py'),
                                    'fastai_mixaug.cli.results_md': ('cli.html#results_md', 'fastai_mixaug/cli.py'),
                                    'fastai_mixaug.cli.small_cnn': ('cli.html#small_cnn', 'fastai_mixaug/cli.py'),

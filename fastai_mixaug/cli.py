@@ -4,14 +4,15 @@
 
 # %% ../nbs/05_cli.ipynb #f774b135
 from __future__ import annotations
-import argparse, csv, math, random, statistics, sys, tempfile, time, warnings
+import argparse, ast, csv, inspect, math, re, random, statistics, sys, tempfile, time, warnings
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 # %% auto #0
 __all__ = ['AUGS', 'MODELS', 'N_TRAIN', 'N_TRAIN_DEFAULT', 'EPOCHS_DEFAULT', 'AUG_KW', 'small_cnn', 'make_model',
-           'available_augs', 'step_timers', 'no_validation', 'keep_rng', 'make_learner', 'train_one', 'summarise',
-           'results_md', 'findings', 'parser', 'check_out', 'main']
+           'available_augs', 'parse_aug', 'step_timers', 'no_validation', 'keep_rng', 'make_learner', 'train_one',
+           'summarise', 'results_md', 'findings', 'parser', 'check_out', 'main']
 
 # %% ../nbs/05_cli.ipynb #57d5a912
 AUGS = ('none', 'mixup', 'cutmix', 'cutout', 'cutmixup', 'fmix', 'resizemix', 'manifold_mixup') # augmentations by the name of their one-liner (`learn.mixup()`), in the tables' order
@@ -41,6 +42,17 @@ def available_augs() -> list[str]:
     from fastai.learner import Learner
     import fastai_mixaug.all  # patches learn.mixup() & co onto Learner
     return [a for a in AUGS if a == 'none' or callable(getattr(Learner, a, None))]
+
+def parse_aug(spec:str) -> tuple[str, dict]:
+    "Split an augmentation `name[:key=value...]` (`cutmix:p=0.5:off_last=0.25`) into its one-liner's name and arguments"
+    name, *kvs = spec.split(':')
+    kw = {}
+    for kv in kvs:
+        k, eq, v = kv.partition('=')
+        if not (eq and k.strip().isidentifier()): raise ValueError(f"expected key=value after ':' in {spec!r}, got {kv!r}")
+        try: kw[k.strip()] = ast.literal_eval(v.strip())   # numbers, None, True, tuples
+        except (ValueError, SyntaxError): kw[k.strip()] = v.strip()   # a bare word: a string (mode=batch)
+    return name.strip().lower(), kw
 
 # %% ../nbs/05_cli.ipynb #df93369f
 def step_timers() -> tuple: # (Tic, Toc) fastai callbacks
@@ -81,7 +93,7 @@ def keep_rng(): # -> fastai Callback
     return KeepRNG()
 
 def make_learner(dls, aug:str, seed:int, model:str='small_cnn'): # -> Learner
-    "A fresh model on `dls` with augmentation `aug` (one of `AUGS`) at its default settings (with `AUG_KW`), seeded"
+    "A fresh model on `dls` with augmentation `aug` (one of `AUGS`, at its default settings with `AUG_KW`, or `name:key=value...`), seeded"
     import torch.nn as nn
     from fastai.learner import Learner
     from fastai.metrics import accuracy
@@ -90,7 +102,8 @@ def make_learner(dls, aug:str, seed:int, model:str='small_cnn'): # -> Learner
     set_seed(seed, reproducible=True)   # the initial weights
     dls.train.rng = random.Random(seed) # the shuffling order
     learn = Learner(dls, make_model(model), loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
-    return learn if aug == 'none' else getattr(learn, aug)(**AUG_KW.get((aug, model), {}))
+    name, kw = parse_aug(aug)
+    return learn if name == 'none' else getattr(learn, name)(**{**AUG_KW.get((name, model), {}), **kw})
 
 def train_one(dls, aug:str, seed:int, epochs:int, lr:float, model:str='small_cnn', quiet:bool=False,
               every_epoch:bool=True, # validate after every epoch; if `False`, once after `fit` (`learn.validate()`)
@@ -187,10 +200,13 @@ def _pos_float(v:str) -> float:
     return f
 
 def _augs(v:str) -> list[str]:
-    augs = [a.strip().lower() for a in v.split(',') if a.strip()]
-    bad = [a for a in augs if a not in AUGS]
+    augs = [a.strip() for a in re.split(r',(?![^()]*\))', v) if a.strip()]   # commas inside a tuple value stay
+    try: names = [parse_aug(a)[0] for a in augs]
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    bad = [a for a, n in zip(augs, names) if n not in AUGS]
     if bad: raise argparse.ArgumentTypeError(f"unknown augmentation {', '.join(map(repr, bad))}: choose from {','.join(AUGS)}")
     if not augs: raise argparse.ArgumentTypeError(f"give at least one of {','.join(AUGS)}")
+    augs = [n + a[len(n):] for a, n in zip(augs, names)]   # the name in lower case, the arguments as given
     if len(set(augs)) < len(augs): raise argparse.ArgumentTypeError(f"an augmentation is listed twice in {v!r}")
     return augs
 
@@ -225,10 +241,11 @@ def parser() -> argparse.ArgumentParser:
         f"  fastai-mixaug --seeds 0,1,2 --out results --quiet\n"
         f"  fastai-mixaug --n-train {N_TRAIN} --epochs 8\n"
         "  fastai-mixaug --augs none,cutmix --bs 128 --lr 0.005\n"
+        "  fastai-mixaug --augs none,mixup,mixup:alpha=1.0:off_last=0.25\n"
         "  fastai-mixaug study --help")
     p.add_argument('--epochs', type=_pos_int, default=EPOCHS_DEFAULT, metavar='N', help=f"epochs of fit_one_cycle per run (default: {EPOCHS_DEFAULT})")
     p.add_argument('--seeds', type=_seeds, default=[0], metavar='S[,S...]', help="comma-separated seeds; every augmentation is trained once per seed (default: 0)")
-    p.add_argument('--augs', type=_augs, default=None, metavar='A[,A...]', help=f"comma-separated augmentations, from {','.join(AUGS)} (default: all that this fastai_mixaug has)")
+    p.add_argument('--augs', type=_augs, default=None, metavar='A[,A...]', help=f"comma-separated augmentations, from {','.join(AUGS)}, each at its defaults or with arguments for its one-liner, as in mixup:alpha=1.0:off_last=0.25 (default: all that this fastai_mixaug has)")
     p.add_argument('--bs', type=_pos_int, default=64, metavar='N', help="batch size (default: 64)")
     p.add_argument('--lr', type=_pos_float, default=1e-2, metavar='LR', help="maximum learning rate of fit_one_cycle (default: 0.01)")
     p.add_argument('--model', choices=MODELS, default='small_cnn', help="small_cnn (94k parameters) or xresnet18 (11M, random init, slow on a CPU) (default: small_cnn)")
@@ -240,12 +257,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 def _check_augs(p:argparse.ArgumentParser, augs:list[str]|None) -> list[str]:
-    "`augs`, or all available if `None`; a usage error for a name whose one-liner this fastai_mixaug does not have"
+    "`augs`, or all available if `None`; a usage error for a name whose one-liner this fastai_mixaug does not have, or bad arguments"
+    from fastai.learner import Learner
     have = available_augs()
     if augs is None: return have
-    missing = [a for a in augs if a not in have]
-    if missing: p.error(f"argument --augs: {', '.join(f'learn.{a}()' for a in missing)} does not exist in this fastai_mixaug (yet): "
+    missing = [a for a in augs if parse_aug(a)[0] not in have]
+    if missing: p.error(f"argument --augs: {', '.join(f'learn.{parse_aug(a)[0]}()' for a in missing)} does not exist in this fastai_mixaug (yet): "
                         f"choose from {','.join(have)}")
+    for a in augs:   # the one-liner builds its callback, which checks its arguments, before any training
+        name, kw = parse_aug(a)
+        if name == 'none' and kw: p.error(f"argument --augs: {a!r}: none takes no arguments")
+        if name == 'none' or not kw: continue
+        takes = [k for k in inspect.signature(getattr(Learner, name)).parameters if k not in ('self', 'kwargs')]
+        if bad := [k for k in kw if k not in takes]: p.error(f"argument --augs: {a!r}: learn.{name}() has no argument {bad[0]!r}; it takes {', '.join(takes)}")
+        stub = SimpleNamespace(cbs=[], remove_cbs=lambda cbs: None, add_cb=lambda cb: cb)
+        try: getattr(Learner, name)(stub, **kw)
+        except (TypeError, ValueError) as e: p.error(f"argument --augs: {a!r}: {e}")
     return augs
 
 def check_out(p:argparse.ArgumentParser, out:Path):

@@ -231,10 +231,11 @@ def parser() -> argparse.ArgumentParser:
         "examples:\n"
         "  fastai-mixaug study --workers 2\n"
         "  fastai-mixaug study --sizes 500,4000 --epochs 30 --augs none,cutmix --seeds 0,1,2,3,4\n"
+        "  fastai-mixaug study --sizes 1000 --epochs 40 --augs none,mixup,mixup:alpha=1.0,cutmix:p=0.5\n"
         "  fastai-mixaug study --report           # the table of the runs finished so far")
     p.add_argument('--sizes', type=_int_list, default=list(SIZES), metavar='N[,N...]', help=f"training-set sizes, at most {N_TRAIN} (default: {','.join(map(str, SIZES))})")
     p.add_argument('--epochs', type=_int_list, default=list(EPOCHS), metavar='N[,N...]', help=f"schedule lengths, epochs of fit_one_cycle (default: {','.join(map(str, EPOCHS))})")
-    p.add_argument('--augs', type=_augs, default=None, metavar='A[,A...]', help=f"augmentations, from {','.join(AUGS)}; none is needed (default: all that this fastai_mixaug has)")
+    p.add_argument('--augs', type=_augs, default=None, metavar='A[,A...]', help=f"augmentations, from {','.join(AUGS)}, each at its defaults or with arguments for its one-liner (cutmix:p=0.5:off_last=0.25); none is needed (default: all that this fastai_mixaug has)")
     p.add_argument('--seeds', type=_seeds, default=list(SEEDS), metavar='S[,S...]', help=f"seeds (default: {','.join(map(str, SEEDS))})")
     p.add_argument('--workers', type=_pos_int, default=1, metavar='N', help="runs trained in parallel, in N processes of 1 torch thread each (default: 1)")
     p.add_argument('--bs', type=_pos_int, default=64, metavar='N', help="batch size (default: 64)")

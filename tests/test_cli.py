@@ -39,6 +39,13 @@ BAD = [
     (['--augs', 'mixup,flip'], "argument --augs: unknown augmentation 'flip': choose from " + ','.join(AUGS)),
     (['--augs', ' , '], "argument --augs: give at least one of " + ','.join(AUGS)),
     (['--augs', 'mixup,MixUp'], "argument --augs: an augmentation is listed twice in 'mixup,MixUp'"),
+    (['--augs', 'none,mixup:alpha'], "argument --augs: expected key=value after ':' in 'mixup:alpha', got 'alpha'"),
+    (['--augs', 'none,flip:p=1'], "argument --augs: unknown augmentation 'flip:p=1': choose from " + ','.join(AUGS)),
+    (['--augs', 'none,cutmix:p=2'], "argument --augs: 'cutmix:p=2': `p` must be in [0, 1], got 2"),
+    (['--augs', 'none,mixup:beta=1'], "argument --augs: 'mixup:beta=1': learn.mixup() has no argument 'beta'; it takes alpha, p, mode,"),
+    (['--augs', 'none:p=1,mixup'], "argument --augs: 'none:p=1': none takes no arguments"),
+    (['--augs', 'none,resizemix:scale=(0.9, 0.1)'], "argument --augs: 'resizemix:scale=(0.9, 0.1)': `scale` must be (lo, hi) with 0 < lo <= hi < 1"),
+    (['--augs', 'none,cutmix:mode=batch,cutmix:mode=batch'], "argument --augs: an augmentation is listed twice"),
     (['--epochs', '2.5'], "argument --epochs: expected a positive integer, got '2.5'"),
     (['--epochs', '-1'], "argument --epochs: expected a positive integer, got -1"),
     (['--bs', '0'], "argument --bs: expected a positive integer, got 0"),
@@ -74,6 +81,21 @@ def test_aug_without_its_one_liner(monkeypatch, capsys, tmp_path):
     assert capsys.readouterr().err.splitlines()[-1] == ("fastai-mixaug: error: argument --augs: learn.notyet() does not exist in this fastai_mixaug (yet): "
                                                        "choose from " + ','.join(available_augs()))
     assert not (tmp_path/'out').exists()
+
+def test_aug_arguments_reach_the_callback():
+    "`name:key=value...` gives the one-liner those arguments (literals, tuples with commas, bare words as strings), on top of AUG_KW"
+    a = cli.parser().parse_args(['--augs', 'none,CutMix:p=0.5:off_last=0.25:mode=batch,resizemix:scale=(0.2, 0.4),manifold_mixup:alpha=1'])
+    assert a.augs == ['none', 'cutmix:p=0.5:off_last=0.25:mode=batch', 'resizemix:scale=(0.2, 0.4)', 'manifold_mixup:alpha=1']
+    from fastai_mixaug.all import CutMix, ResizeMix, ManifoldMixUp
+    from fastai_mixaug.data import mnist_dls
+    dls = mnist_dls(bs=32, n_train=64, num_workers=0)
+    cb = [c for c in cli.make_learner(dls, a.augs[1], 0).cbs if isinstance(c, CutMix)]
+    assert len(cb) == 1 and (cb[0].p, cb[0].off_last, cb[0].mode) == (0.5, 0.25, 'batch')
+    cb = [c for c in cli.make_learner(dls, a.augs[2], 0).cbs if isinstance(c, ResizeMix)][0]
+    assert tuple(cb.scale) == (0.2, 0.4)
+    cb = [c for c in cli.make_learner(dls, a.augs[3], 0).cbs if isinstance(c, ManifoldMixUp)][0]
+    assert cb.alpha == 1 and list(cb.modules) == cli.AUG_KW[('manifold_mixup', 'small_cnn')]['modules']   # the model's default sites kept
+    assert not [c for c in cli.make_learner(dls, 'none', 0).cbs if isinstance(c, (CutMix, ResizeMix, ManifoldMixUp))]
 
 def _unwritable(tmp_path):
     "An existing folder this process cannot write into (a read-only one; as root, permissions don't stop writes: /sys)"
