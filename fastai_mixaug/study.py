@@ -260,6 +260,11 @@ def _hms(s:float) -> str:
     s = int(round(s))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
+def _bar(frac:float, width:int=20) -> str:
+    "A text progress bar of the work done (steps, not runs: the long runs weigh more), and its percentage"
+    k = min(width, int(frac * width + 1e-9))
+    return '█' * k + '░' * (width - k) + f" {frac:4.0%}"
+
 def _train(todo:list[tuple], args:argparse.Namespace, version:dict, path:Path, rows:list[dict]):
     "Train the runs `todo`, on `args.workers` processes; append each finished run to `path` and `rows`, with a progress line"
     tasks = [dict(zip(KEY, t), lr=args.lr, bs=args.bs, model=args.model) for t in todo]
@@ -274,7 +279,7 @@ def _train(todo:list[tuple], args:argparse.Namespace, version:dict, path:Path, r
         if r['aug'] == 'none': none[tuple(r[c] for c in KEY)] = r['error']
         base = none.get((r['size'], r['epochs'], 'none', r['seed']))
         el = time.time() - t0
-        print(f"[{i:>{len(str(len(tasks)))}}/{len(tasks)}] {r['size']:>4} images, {r['epochs']:>3} epochs, {r['aug']:>9}, seed {r['seed']}: "
+        print(f"[{i:>{len(str(len(tasks)))}}/{len(tasks)}] {_bar(done / total)} {r['size']:>4} images, {r['epochs']:>3} epochs, {r['aug']:>9}, seed {r['seed']}: "
               f"error {r['error']*100:5.2f}%" + (f" (none {base*100:5.2f}%)" if base is not None and r['aug'] != 'none' else "")
               + f", {r['seconds']:.1f}s | elapsed {_hms(el)}, ETA {_hms(el * (total - done) / done)}", flush=True)
     if args.workers == 1:

@@ -285,3 +285,12 @@ def test_kill_and_resume(how, tiny, tmp_path):
     b = [_key(x) for x in _read(tmp_path/'runs.csv')]
     assert sorted(b) == sorted(a)                                                    # every run once
     assert all(a[_key(x)]['error'] == x['error'] for x in _read(tmp_path/'runs.csv'))
+
+def test_progress_line_after_every_run(tiny):
+    "One line per finished run: [i/N], a bar of the work done that ends full at 100%, the error, elapsed time and ETA"
+    _, printed = tiny
+    lines = [l for l in printed.splitlines() if l.startswith('[')]
+    assert len(lines) == 12 and [l.split(']')[0] for l in lines] == [f"[{i:>2}/12" for i in range(1, 13)]
+    pct = [int(l.split('%')[0].split()[-1]) for l in lines]
+    assert pct == sorted(pct) and pct[-1] == 100 and pct[0] < 100
+    assert '████████████████████ 100%' in lines[-1] and all('error' in l and 'elapsed' in l and 'ETA' in l for l in lines)
