@@ -188,3 +188,24 @@ def test_resizemix_bad_parameters():
     ResizeMix(scale=(.4, .4))                                             # a fixed scale is fine
     with pytest.raises(ValueError, match='spatial dimensions'):
         step(ResizeMix(), (torch.randn(4, 6),), (torch.arange(4),))
+
+
+def test_paste_resized_in_chunks_is_the_one_piece_result():
+    "Big CPU batches are resized in chunks of about 4 MB (no page faults, cache-hot): the same bits as in one piece, a partial last chunk included"
+    from fastai_mixaug.core import _cpu_chunk, _resize_into
+    x = torch.randn(23, 3, 224, 224, generator=gen(9))                    # 13.8 MB: chunks of 6 samples, the last of 5
+    assert _cpu_chunk(x) == 6
+    prm = sample_resizemix(23, (224, 224), generator=gen(10))
+    eq(paste_resized(x, prm.perm, prm.lo, prm.hi), _resize_into(x, prm.perm, prm.lo, prm.hi, 'bilinear', []))
+    m = torch.randint(0, 9, (23, 224, 224), generator=gen(11))            # int64 masks, nearest
+    assert _cpu_chunk(m) < 23
+    eq(paste_resized(m, prm.perm, prm.lo, prm.hi, 'nearest'), _resize_into(m, prm.perm, prm.lo, prm.hi, 'nearest', []))
+    v = torch.randn(3, 2, 24, 180, 180, generator=gen(12))                # volumes: 3-D, one sample per chunk
+    pv = sample_resizemix(3, (24, 180, 180), generator=gen(13))
+    assert _cpu_chunk(v) == 1
+    eq(paste_resized(v, pv.perm, pv.lo, pv.hi), _resize_into(v, pv.perm, pv.lo, pv.hi, 'bilinear', []))
+    (out,), _, _, _ = mix_batch((x,), (torch.arange(23),), prm)           # through the mix: outside the boxes, the sample's own bits
+    inside = box_mask(prm.lo, prm.hi, (224, 224)).expand_as(x)
+    eq(out[~inside], x[~inside])
+    assert _cpu_chunk(x[:8]) == 8                                         # under 8 MB: one piece
+    assert _cpu_chunk(x.contiguous(memory_format=torch.channels_last)) == 23   # channels_last: one piece, layout kept
