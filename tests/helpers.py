@@ -155,3 +155,13 @@ class CountForward(nn.Module):
     def forward(self, x):
         self.n += 1
         return self.model(x.float())
+
+
+def usage_error(main, prog, argv, msg, capsys, out):
+    "Run a command's `main(argv + ['--out', out])`: a usage error (exit 2) whose message contains `msg`, and nothing written"
+    with pytest.raises(SystemExit) as e: main(argv + ['--out', str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'usage: {prog}'), err
+    assert f'{prog}: error: {msg}' in err, err
+    assert not out.exists()                                   # nothing was written

@@ -1,6 +1,7 @@
 "The main command `fastai-mixaug`: its help, its usage errors, and tiny real runs checked against a replay and against what --help says."
 import csv, math, os, random, re, shutil, statistics, subprocess, sys
 from pathlib import Path
+from helpers import usage_error
 import pytest, torch
 import fastai_mixaug.cli as cli
 from fastai_mixaug.cli import AUGS, available_augs, main, small_cnn
@@ -64,13 +65,7 @@ BAD = [
 ]
 
 @pytest.mark.parametrize('argv,msg', BAD, ids=[' '.join(a) for a, _ in BAD])
-def test_bad_flags(argv, msg, capsys, tmp_path):
-    with pytest.raises(SystemExit) as e: main(argv + ['--out', str(tmp_path/'out')])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith('usage: fastai-mixaug'), err
-    assert f'fastai-mixaug: error: {msg}' in err, err
-    assert not (tmp_path/'out').exists()                    # nothing was written
+def test_bad_flags(argv, msg, capsys, tmp_path): usage_error(main, 'fastai-mixaug', argv, msg, capsys, tmp_path/'out')
 
 def test_aug_without_its_one_liner(monkeypatch, capsys, tmp_path):
     "A name in the registry whose learn.<name>() this fastai_mixaug lacks (a one-liner not written yet): a usage error, nothing trained"

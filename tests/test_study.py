@@ -1,6 +1,7 @@
 "The study, `fastai-mixaug study`: its help and usage errors, paired seeds, the statistics by hand, the files, and resuming."
 import csv, math, os, shutil, signal, statistics, subprocess, sys, time
 from pathlib import Path
+from helpers import usage_error
 import pytest, torch
 import fastai_mixaug.cli as cli
 from fastai_mixaug.cli import AUGS, available_augs, make_learner
@@ -65,13 +66,7 @@ BAD = [
 ]
 
 @pytest.mark.parametrize('argv,msg', BAD, ids=[' '.join(a) for a, _ in BAD])
-def test_bad_flags(argv, msg, capsys, tmp_path):
-    with pytest.raises(SystemExit) as e: main(argv + ['--out', str(tmp_path/'out')])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith('usage: fastai-mixaug study'), err
-    assert f'fastai-mixaug study: error: {msg}' in err, err
-    assert not (tmp_path/'out').exists()
+def test_bad_flags(argv, msg, capsys, tmp_path): usage_error(main, 'fastai-mixaug study', argv, msg, capsys, tmp_path/'out')
 
 def test_dispatch(capsys):
     "`fastai-mixaug study ...` is the study; any other first argument is the main command's, as before"
