@@ -50,6 +50,7 @@ def parse_aug(spec:str) -> tuple[str, dict]:
     for kv in kvs:
         k, eq, v = kv.partition('=')
         if not (eq and k.strip().isidentifier()): raise ValueError(f"expected key=value after ':' in {spec!r}, got {kv!r}")
+        if k.strip() in kw: raise ValueError(f"{k.strip()!r} is given twice in {spec!r}")
         try: kw[k.strip()] = ast.literal_eval(v.strip())   # numbers, None, True, tuples
         except (ValueError, SyntaxError): kw[k.strip()] = v.strip()   # a bare word: a string (mode=batch)
     return name.strip().lower(), kw
@@ -200,7 +201,7 @@ def _pos_float(v:str) -> float:
     return f
 
 def _augs(v:str) -> list[str]:
-    augs = [a.strip() for a in re.split(r',(?![^()]*\))', v) if a.strip()]   # commas inside a tuple value stay
+    augs = [a.strip() for a in re.split(r',(?![^()\[\]]*[)\]])', v) if a.strip()]   # commas inside a tuple or list value stay
     try: names = [parse_aug(a)[0] for a in augs]
     except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
     bad = [a for a, n in zip(augs, names) if n not in AUGS]

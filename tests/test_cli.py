@@ -47,6 +47,8 @@ BAD = [
     (['--augs', 'none:p=1,mixup'], "argument --augs: 'none:p=1': none takes no arguments"),
     (['--augs', 'none,resizemix:scale=(0.9, 0.1)'], "argument --augs: 'resizemix:scale=(0.9, 0.1)': `scale` must be (lo, hi) with 0 < lo <= hi < 1"),
     (['--augs', 'none,cutmix:mode=batch,cutmix:mode=batch'], "argument --augs: an augmentation is listed twice"),
+    (['--augs', 'none,mixup:alpha=1:alpha=2'], "argument --augs: 'alpha' is given twice in 'mixup:alpha=1:alpha=2'"),
+    (['--augs', 'none,mixup:alpha='], "argument --augs: 'mixup:alpha=': `alpha` must be"),
     (['--epochs', '2.5'], "argument --epochs: expected a positive integer, got '2.5'"),
     (['--epochs', '-1'], "argument --epochs: expected a positive integer, got -1"),
     (['--bs', '0'], "argument --bs: expected a positive integer, got 0"),
@@ -79,8 +81,9 @@ def test_aug_without_its_one_liner(monkeypatch, capsys, tmp_path):
 
 def test_aug_arguments_reach_the_callback():
     "`name:key=value...` gives the one-liner those arguments (literals, tuples with commas, bare words as strings), on top of AUG_KW"
-    a = cli.parser().parse_args(['--augs', 'none,CutMix:p=0.5:off_last=0.25:mode=batch,resizemix:scale=(0.2, 0.4),manifold_mixup:alpha=1'])
-    assert a.augs == ['none', 'cutmix:p=0.5:off_last=0.25:mode=batch', 'resizemix:scale=(0.2, 0.4)', 'manifold_mixup:alpha=1']
+    a = cli.parser().parse_args(['--augs', "none,CutMix:p=0.5:off_last=0.25:mode=batch,resizemix:scale=(0.2, 0.4),manifold_mixup:alpha=1,manifold_mixup:modules=['0', '1']"])
+    assert a.augs == ['none', 'cutmix:p=0.5:off_last=0.25:mode=batch', 'resizemix:scale=(0.2, 0.4)', 'manifold_mixup:alpha=1', "manifold_mixup:modules=['0', '1']"]
+    assert cli.parse_aug(a.augs[4]) == ('manifold_mixup', {'modules': ['0', '1']})   # a list: its commas stay too
     from fastai_mixaug.all import CutMix, ResizeMix, ManifoldMixUp
     from fastai_mixaug.data import mnist_dls
     dls = mnist_dls(bs=32, n_train=64, num_workers=0)
