@@ -138,16 +138,13 @@ class MixCallback(MixAugCallback):
     def _arm(self, prm:MixParams):
         "Hook the site drawn for this batch; on the first batch, also check that every site gives a state that can be mixed"
         site = self._sites[self._pick()]
-        def mixed(h): self._set(_fired=True); return mix_hidden(h, prm, f"the {'input' if site.pre else 'output'} of module {site.name!r}")
-        hook = (lambda m, args: mixed(args)) if site.pre else (lambda m, args, out: mixed(out))
-        probes = [] if self._probed else [s for s in self._sites if s is not site]
+        def mixed(h): self._set(_fired=True); return mix_hidden(h, prm, site.what)
         def probe(s):
-            what = f"the {'input' if s.pre else 'output'} of module {s.name!r}"
-            def check(m, args, out=None): mix_hidden(args if s.pre else out, prm, what)  # raises if it cannot be mixed
-            return s.module.register_forward_pre_hook(check) if s.pre else s.module.register_forward_hook(check)
+            def check(h): mix_hidden(h, prm, s.what)      # raises if it cannot be mixed; changes nothing
+            return s.hook(check)
+        probes = [] if self._probed else [s for s in self._sites if s is not site]
         self._set(_fired=False, _site=site, _probed=True)
-        self._handles += [site.module.register_forward_pre_hook(hook, prepend=True) if site.pre else
-                          site.module.register_forward_hook(hook, prepend=True)] + [probe(s) for s in probes]
+        self._handles += [site.hook(mixed, prepend=True)] + [probe(s) for s in probes]
 
     def _pick(self) -> int:
         "Index of the site for this batch, uniform; drawn on the CPU (no device sync), from `seed + rank` with `seed`"

@@ -88,17 +88,28 @@ def sample_boxes(
     size:Tensor, # (..., nd) long: side of each box in pixels, before clipping
     spatial:tuple, # spatial shape of the data, e.g. (H, W)
     generator:torch.Generator|None=None, # RNG to draw from
-    u:Tensor|None=None, # uniforms in [0, 1) shaped like `size` for the centres, if already drawn
+    u:Tensor|None=None, # uniforms in [0, 1) shaped like `size` for the centres (the starts with `inside`), if already drawn
+    inside:bool=False, # boxes wholly inside the data, start uniform over the positions where they fit (ResizeMix), not clipped
 ) -> tuple[Tensor, Tensor]: # `lo`, `hi`: (..., nd) long, box `[lo, hi)` in each dim, clipped to the data
-    "Boxes of side `size` with a centre uniform over `spatial`, clipped to it"
+    "Boxes of side `size` with a centre uniform over `spatial`, clipped to it (or, `inside`, placed uniformly where they fit)"
     _, sp = _grid(tuple(spatial), size.device)
     if u is None: u = torch.rand(size.shape, device=size.device, generator=generator)
+    if inside: start = u.mul(sp - size + 1).long(); return start, start + size
     start = u.mul(sp).long().sub_(torch.floor_divide(size, 2))  # in [-size/2, s); torch's functions, not operators (µs each)
     return start.clamp_min(0), (start + size).clamp_(max=sp)
 
 def box_area(lo:Tensor, hi:Tensor) -> Tensor:
     "Number of pixels in each box: the product of its sides"
     return (hi - lo).prod(-1)
+
+def _kept_share(covered:Tensor, spatial:tuple) -> Tensor:
+    "λ exactly: the share of the pixels of `spatial` a sample keeps when `covered` of them are its partner's"
+    npx = math.prod(spatial)
+    return torch.div(torch.rsub(covered, npx), npx)
+
+def _over_batch(bs:int, *ts) -> tuple:
+    "Each tensor of a 'batch' mode draw (one row) expanded over the batch; `None`s stay"
+    return tuple(t if t is None or t.shape[0] == bs else t.expand(bs, *t.shape[1:]) for t in ts)
 
 def _shared(*ts) -> bool:
     "Whether every tensor in `ts` is one row expanded over the batch (`mode='batch'`): compute on the row, broadcast the result"
@@ -184,14 +195,12 @@ def sample_mix(
         if len(spatial) > 1: area = area.pow(1 / len(spatial)) # side ratio: area over nd dims
         size = area.unsqueeze(1).mul(_grid(spatial, area.device)[1]).round_().long()
         lo, hi = sample_boxes(size, spatial, generator, u.narrow(1, len(cols), nc))
-        npx = math.prod(spatial)
-        kept = torch.div(torch.rsub(box_area(lo, hi), npx), npx)  # exactly the share of pixels kept (1 for empty boxes)
+        kept = _kept_share(box_area(lo, hi), spatial)          # exactly the share of pixels kept (1 for empty boxes)
         if cut is None: lam, cut = kept, (torch.ones_like(kept, dtype=torch.bool) if keep is None else ~keep)
         else:
             lam = torch.where(cut, kept, lam)
             if keep is not None: cut = cut & ~keep
-    if n != bs: lam, cut, lo, hi = (o if o is None else o.expand(bs, *o.shape[1:]) for o in (lam, cut, lo, hi))
-    return MixParams(perm, lam, cut, lo, hi, spatial, blend)
+    return MixParams(perm, *_over_batch(bs, lam, cut, lo, hi), spatial, blend)
 
 # %% ../nbs/00_core.ipynb #c9f5f04e
 def sample_holes(
@@ -209,7 +218,7 @@ def sample_holes(
     u = torch.rand(n, 1 + n_holes * nd, device=device, generator=generator)  # one `rand`: whether a sample has holes, centres
     size = u.select(1, 0).lt(p).mul(length).view(n, 1, 1).expand(n, n_holes, nd)
     lo, hi = sample_boxes(size, tuple(spatial), generator, u.narrow(1, 1, n_holes * nd).view(n, n_holes, nd))
-    return (lo, hi) if n == bs else (lo.expand(bs, -1, -1), hi.expand(bs, -1, -1))
+    return _over_batch(bs, lo, hi)
 
 # %% ../nbs/00_core.ipynb #960f61c3
 def _plain(t):
@@ -244,14 +253,15 @@ def mix_weight(
     dtype:torch.dtype=torch.float32, # dtype of the weight (the input's)
 ) -> Tensor: # (bs, 1, *[1]*nd) for pure blends, else (bs, 1, *spatial)
     "Weight of each sample's own value, per sample or per pixel (1 keeps, 0 takes the partner's)"
-    if prm.lo is None and prm.mask is None: w = prm.lam.view(-1, 1, *[1] * len(prm.spatial)); return w if w.dtype == dtype else w.to(dtype)
-    if _shared(*(t for t in (prm.lam, prm.cut, prm.lo, prm.hi, prm.mask) if t is not None)):  # 'batch' mode: one weight
+    pixels = prm.lo is not None or prm.mask is not None     # boxes or masks: a weight per pixel
+    if pixels and _shared(*(t for t in (prm.lam, prm.cut, prm.lo, prm.hi, prm.mask) if t is not None)):  # 'batch' mode: one weight
         one = MixParams(*(t.narrow(0, 0, 1) if isinstance(t, Tensor) else t for t in prm))
         w = mix_weight(one, None if inside is None else inside.narrow(0, 0, 1), dtype)
         return w.expand(prm.lam.shape[0], *w.shape[1:])
-    if not prm.blend: return 1 - (_cover(prm, dtype) if inside is None else inside.to(dtype))  # a paste: 0 in the box (mask), 1 elsewhere
     w = prm.lam.view(-1, 1, *[1] * len(prm.spatial))
     if w.dtype != dtype: w = w.to(dtype)
+    if not pixels: return w
+    if not prm.blend: return 1 - (_cover(prm, dtype) if inside is None else inside.to(dtype))  # a paste: 0 in the box (mask), 1 elsewhere
     w = w.masked_fill(prm.cut.view(w.shape), 1.)            # 1 for cut samples, λ for blended ones
     if inside is not None: t = w * inside.to(dtype)
     else:                                                   # w·(rows ⊗ cols): the small factors first, one full-size product

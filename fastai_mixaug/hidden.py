@@ -20,7 +20,15 @@ class Site(NamedTuple):
     module:nn.Module # the module itself
     pre:bool=False # mix the module's input (its first argument) rather than its output
 
-    def __repr__(self): return f"Site({self.name or '<model>'!r}, {type(self.module).__name__}, {'input' if self.pre else 'output'})"
+    def __repr__(self): return f"Site({self.name or '<model>'!r}, {type(self.module).__name__}, {self.where})"
+    @property
+    def where(self) -> str: return 'input' if self.pre else 'output'
+    @property
+    def what(self) -> str: return f"the {self.where} of module {self.name!r}"
+    def hook(self, fn, prepend:bool=False): # -> torch's hook handle
+        "Call `fn(state)` on the state at this site in every forward pass (the arguments tuple for `pre`, else the output); what it returns, if not `None`, replaces the state"
+        if self.pre: return self.module.register_forward_pre_hook(lambda m, args: fn(args), prepend=prepend)
+        return self.module.register_forward_hook(lambda m, args, out: fn(out), prepend=prepend)
 
 def _unwrap(model:nn.Module) -> nn.Module:
     "The model inside a `DistributedDataParallel` (or `DataParallel`) wrapper"
@@ -69,7 +77,7 @@ def hidden_sites(
 ) -> list[Site]: # where Manifold Mixup may mix, by the table above
     "The places of `model` where `ManifoldMixUp` mixes by default, or a `ValueError` asking for `modules=`"
     model = _no_dot(_unwrap(model))
-    if _is(model, 'fastai.tabular.model.TabularModel'): return [Site('layers', model.layers, pre=True)] + _hidden_blocks('layers', model.layers)
+    if (rep := representation_site(model)) is not None: return [rep] + _hidden_blocks('layers', model.layers)  # TabularModel
     head = next(((n, m) for n, m in model.named_modules() if _is(m, 'fastai.text.models.core.PoolingLinearClassifier')), None)
     if head is not None: return [Site(f"{head[0]}.layers", head[1].layers, pre=True)] + _hidden_blocks(f"{head[0]}.layers", head[1].layers)
     stages = _timm_stages(model) or _res_stages(model)

@@ -15,7 +15,7 @@ from torch import Tensor
 __all__ = ['fmix_masks', 'check_decay_power', 'sample_fmix', 'check_scale', 'sample_resizemix']
 
 # %% ../nbs/00a_masks.ipynb #455b15a2
-from .core import MixParams, sample_beta, box_area, _grid, _is_num
+from .core import MixParams, sample_beta, sample_boxes, box_area, _grid, _is_num, _kept_share, _over_batch
 
 # %% ../nbs/00a_masks.ipynb #10346902
 @lru_cache(maxsize=32)
@@ -76,9 +76,8 @@ def sample_fmix(
         cut = torch.rand(n, device=device, generator=generator) < p
         lam = lam.masked_fill(~cut, 1.)                      # left alone: all its own pixels
     mask = fmix_masks(lam, spatial, decay_power, generator)
-    npx = math.prod(spatial)
-    lam = torch.div(torch.rsub(mask.view(n, -1).sum(1), npx), npx)  # exactly the share of pixels kept
-    if n != bs: lam, cut, mask = lam.expand(bs), cut.expand(bs), mask.expand(bs, *mask.shape[1:])
+    lam = _kept_share(mask.view(n, -1).sum(1), spatial)    # exactly the share of pixels kept
+    lam, cut, mask = _over_batch(bs, lam, cut, mask)
     return MixParams(perm, lam, cut, None, None, spatial, blend=False, mask=mask)
 
 # %% ../nbs/00a_masks.ipynb #6dc6d859
@@ -110,9 +109,6 @@ def sample_resizemix(
     cut = torch.ones(n, dtype=torch.bool, device=u.device) if p >= 1 else u.select(1, nd + 1) < p
     if n == bs: cut = cut & (perm != torch.arange(bs, device=perm.device))  # paired with itself: a mix with itself is no change
     size = size.masked_fill(~cut.unsqueeze(1), 0)
-    lo = u.narrow(1, 1, nd).mul(sp - size + 1).long()       # uniform over the positions inside the image
-    hi = lo + size
-    npx = math.prod(spatial)
-    lam = torch.div(torch.rsub(box_area(lo, hi), npx), npx)  # exactly the share of pixels kept
-    if n != bs: lam, cut, lo, hi = lam.expand(bs), cut.expand(bs), lo.expand(bs, nd), hi.expand(bs, nd)
-    return MixParams(perm, lam, cut, lo, hi, spatial, blend=False, resize=True)
+    lo, hi = sample_boxes(size, spatial, u=u.narrow(1, 1, nd), inside=True)  # uniform over the positions inside the image
+    lam = _kept_share(box_area(lo, hi), spatial)           # exactly the share of pixels kept
+    return MixParams(perm, *_over_batch(bs, lam, cut, lo, hi), spatial, blend=False, resize=True)

@@ -73,19 +73,21 @@ def _decode(learn, xb:tuple) -> Tensor:
     if x.max() > 1.5: x = x / 255.
     return x.clamp(0, 1)
 
+def _imshow(ax, x:Tensor, extent:tuple):
+    "Draw one (C, H, W) image: RGB as it is, one channel in grey"
+    ax.imshow(x.permute(1, 2, 0).numpy() if x.shape[0] == 3 else x[0].numpy(), cmap=None if x.shape[0] == 3 else 'Greys_r', extent=extent)
+
 def _show_one(ax, x:Tensor, extra:list=(), title:str=''):
     "Draw one sample (image, or signal as lines), with the panels of `extra` (masks, the partner) beside it"
     if x.ndim == 2:                                          # (C, L): a 1-D signal
         for c in x: ax.plot(c.numpy())
     else:
-        img = x.permute(1, 2, 0).numpy() if x.shape[0] == 3 else x[0].numpy()
-        H, W = img.shape[:2]
-        ax.imshow(img, cmap=None if x.shape[0] == 3 else 'Greys_r', extent=(0, W, H, 0))
+        H, W = x.shape[-2:]
+        _imshow(ax, x, (0, W, H, 0))
         for j, e in enumerate(extra, 1):
-            e = to_cpu(e)
-            if e.ndim == 2: ax.imshow(e.numpy(), cmap='tab20', interpolation='nearest', vmin=0, vmax=19, extent=(j*(W+2), j*(W+2) + W, H, 0))
-            else: ax.imshow(e.permute(1, 2, 0).numpy() if e.shape[0] == 3 else e[0].numpy(), cmap=None if e.shape[0] == 3 else 'Greys_r',
-                            extent=(j*(W+2), j*(W+2) + W, H, 0))
+            e, extent = to_cpu(e), (j*(W+2), j*(W+2) + W, H, 0)
+            if e.ndim == 2: ax.imshow(e.numpy(), cmap='tab20', interpolation='nearest', vmin=0, vmax=19, extent=extent)
+            else: _imshow(ax, e, extent)
         ax.set_xlim(0, len(extra)*(W+2) + W); ax.set_ylim(H, 0)
         ax.axis('off')
     ax.set_title(title, fontsize=9)
@@ -158,7 +160,7 @@ def _plot_mix_batch(self:Learner, xb, yb, xb0, yb0, prm, site, n, nrows, ncols, 
     elif dense: titles = ['' if lam is None else f"λ {float(lam[i]):.2f}" + (' (own | partner mask)' if prm.blend and len(extra[i]) > 1 else '') for i in range(n)]
     elif prm is not None: titles = mix_titles(y0, _class_vocab(self.dls), lam, to_cpu(y0)[perm])
     else: titles = mix_titles(y, _class_vocab(self.dls))
-    if site is not None: titles = [f"{t}\n(mixed at {site.name} {'input' if site.pre else 'output'})" for t in titles]
+    if site is not None: titles = [f"{t}\n(mixed at {site.name} {site.where})" for t in titles]
     ncols = ncols or (math.ceil(n / nrows) if nrows else math.ceil(math.sqrt(n)))
     nrows = nrows or math.ceil(n / ncols)
     w = 2.2 * (1 + max(len(e) for e in extra))
