@@ -4,12 +4,23 @@
 
 # %% ../nbs/03_data.ipynb #5a16b06a
 from __future__ import annotations
+import hashlib, os, shutil, tarfile, tempfile, zlib
+from pathlib import Path
 import numpy as np
-from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, PILImageBW, ItemGetter, IndexSplitter, Normalize, DataLoaders
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from fastcore.basics import store_attr
+from fasttransform import Transform
+from fastai.torch_core import TensorImage
+from fastai.data.core import Datasets
+from fastai.data.transforms import Categorize
+from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, PILImageBW, ItemGetter, IndexSplitter, Normalize, DataLoaders, IntToFloatTensor
 
 # %% auto #0
-__all__ = ['MNIST_STATS', 'mnist_5k', 'mnist_dls', 'tabular_df', 'tabular_dls', 'docstrings_df', 'text_dls', 'ratings_df',
-           'collab_dls']
+__all__ = ['MNIST_STATS', 'CIFAR_STATS', 'CIFAR_CLASSES', 'mnist_5k', 'mnist_dls', 'DataPathError', 'cifar_folder',
+           'balanced_subset', 'cifar_arrays', 'sample_crop_flip', 'crop_flip', 'PadCropFlip', 'cifar_dls', 'tabular_df',
+           'tabular_dls', 'docstrings_df', 'text_dls', 'ratings_df', 'collab_dls']
 
 # %% ../nbs/03_data.ipynb #3fb623c7
 MNIST_STATS = ([0.1307], [0.3081])
@@ -39,6 +50,176 @@ def mnist_dls(
     dblock = DataBlock(blocks=(ImageBlock(PILImageBW), CategoryBlock), get_x=ItemGetter(0), get_y=ItemGetter(1),
                        splitter=IndexSplitter(valid), batch_tfms=Normalize.from_stats(*MNIST_STATS))
     return dblock.dataloaders(items, bs=bs, device=device, **kwargs)
+
+# %% ../nbs/03_data.ipynb #eed9b881
+CIFAR_STATS = ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]) # CIFAR-10's channel means and stds (of its 50,000 training photos)
+CIFAR_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+_IMG_EXTS = ('.png', '.jpg', '.jpeg')
+_LAYOUT = ("fastai's CIFAR layout (what untar_data(URLs.CIFAR) gives): train/<class>/*.png and test/<class>/*.png "
+           "(or .jpg), in the folder, in its subfolder cifar10/, or in a .tgz of either")
+
+class DataPathError(FileNotFoundError, ValueError):
+    "A data path that does not exist, or does not hold the layout expected: both a `FileNotFoundError` and a `ValueError`"
+
+def _cache_dir(cache=None) -> Path:
+    return Path(cache or os.environ.get('FASTAI_MIXAUG_CACHE') or Path.home()/'.cache'/'fastai_mixaug').expanduser()
+
+def _unpack(archive:Path, cache=None) -> Path:
+    "The folder `archive` (a `.tgz`/`.tar.gz`/`.tar`) is unpacked into, in the cache folder: unpacked once, atomically"
+    st = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
+    dest = _cache_dir(cache)/f"{archive.name.split('.')[0]}-{key}"
+    if dest.is_dir(): return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + '.part-', dir=dest.parent))
+    try:
+        with tarfile.open(archive) as tf: tf.extractall(tmp, filter='data')
+        try: os.rename(tmp, dest)   # atomic: a second process unpacking the same archive at the same time loses the race harmlessly
+        except OSError:
+            if not dest.is_dir(): raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataPathError(f"`path`: cannot unpack {str(archive)!r} ({type(e).__name__}: {e}); expected a .tgz in {_LAYOUT}") from e
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+def _classes(split:Path) -> dict:
+    "Class name -> its image files (sorted), for the class folders of `split`"
+    return {d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in _IMG_EXTS) for d in sorted(split.iterdir()) if d.is_dir()}
+
+def cifar_folder(
+    path=None, # a folder in fastai's CIFAR layout, the folder above it, or a `.tgz` of it; `None`: `untar_data(URLs.CIFAR)`
+    cache=None, # where a `.tgz` is unpacked (default `$FASTAI_MIXAUG_CACHE` or `~/.cache/fastai_mixaug`)
+) -> Path:
+    "The folder holding `train/` and `test/` in fastai's CIFAR layout; a `DataPathError` naming `path` and the layout if there is none"
+    if path is None:
+        from fastai.data.external import untar_data, URLs
+        try: path = untar_data(URLs.CIFAR)
+        except Exception as e: raise DataPathError(f"`path` is None, so untar_data(URLs.CIFAR) was called, and it failed ({type(e).__name__}: {e}); "
+                                                   f"pass the path of a folder in {_LAYOUT}") from e
+    if not isinstance(path, (str, os.PathLike)): raise TypeError(f"`path` must be a str or a path, got {type(path).__name__}")
+    p = Path(path).expanduser()
+    if not p.exists(): raise DataPathError(f"`path`: {str(p)!r} does not exist; expected {_LAYOUT}")
+    if p.is_file():
+        if not tarfile.is_tarfile(p): raise DataPathError(f"`path`: {str(p)!r} is a file but not a tar archive; expected a folder or a .tgz in {_LAYOUT}")
+        p = _unpack(p, cache)
+    for root in (p, p/'cifar10', p/'cifar'):
+        if (root/'train').is_dir() and (root/'test').is_dir(): break
+    else: raise DataPathError(f"`path`: {str(path)!r} has no train/ and test/ folders; expected {_LAYOUT}")
+    tr, te = _classes(root/'train'), _classes(root/'test')
+    if not tr or sorted(tr) != sorted(te) or not all(tr.values()) or not all(te.values()):
+        raise DataPathError(f"`path`: {str(path)!r}: train/ and test/ must hold the same class folders, each with images; "
+                            f"found train classes {sorted(tr)} and test classes {sorted(te)}; expected {_LAYOUT}")
+    return root
+
+# %% ../nbs/03_data.ipynb #67a450ea
+def _decode(files:list) -> np.ndarray:
+    "The images `files` as one `uint8` array (n, h, w, 3); a `DataPathError` naming a file that is not a readable image or has another size"
+    from PIL import Image
+    out = None
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im: a = np.asarray(im.convert('RGB'))
+        except Exception as e: raise DataPathError(f"`path`: cannot read {str(f)!r} as an image ({type(e).__name__}: {e})") from e
+        if out is None: out = np.empty((len(files), *a.shape), np.uint8)
+        if a.shape != out.shape[1:]: raise DataPathError(f"`path`: {str(f)!r} is {a.shape[1]}×{a.shape[0]}, the others {out.shape[2]}×{out.shape[1]}: all images must have one size")
+        out[i] = a
+    return out
+
+def balanced_subset(
+    labels:np.ndarray, # integer class of each item
+    n:int|None, # how many to keep (all if `None`)
+    seed:int=0, # of the fixed shuffle
+) -> np.ndarray:
+    "Indices of `n` items, as many of each class as can be (the first classes get one more when `n` does not divide), the first of a fixed shuffle per class, in that shuffle's order"
+    labels = np.asarray(labels)
+    order = np.random.RandomState(seed).permutation(len(labels))
+    if n is None: return np.sort(order)
+    classes = np.unique(labels)
+    if not 1 <= n <= len(labels): raise ValueError(f"`n_train`/`n_valid` must be between 1 and {len(labels)}, got {n}")
+    per = {c: n // len(classes) + (k < n % len(classes)) for k, c in enumerate(classes)}
+    if short := [c for c in classes if (labels == c).sum() < per[c]]: raise ValueError(f"{n} balanced items need {per[short[0]]} of class {short[0]}, which has {(labels == short[0]).sum()}")
+    rank = np.empty(len(labels), np.int64)   # the position of each item among its class, in the shuffle's order
+    for c in classes: rank[order[labels[order] == c]] = np.arange((labels == c).sum())
+    keep = order[np.array([rank[i] < per[labels[i]] for i in order], bool)]
+    return keep
+
+def cifar_arrays(
+    path=None, # as for `cifar_folder`
+    n_train:int|None=None, # a class-balanced subset of the training photos (all if `None`)
+    n_valid:int|None=None, # a class-balanced subset of the test photos (all if `None`)
+    cache=None, # where a `.tgz` is unpacked
+): # -> (X_train, y_train, X_valid, y_valid, classes): `uint8` (n, 3, h, w) tensors and `int64` labels
+    "The photos of a CIFAR folder decoded into memory, once: `uint8` channels-first tensors and integer labels"
+    root = cifar_folder(path, cache)
+    out = []
+    for split, n in (('train', n_train), ('test', n_valid)):
+        files = _classes(root/split)
+        classes = sorted(files)
+        fs = [f for c in classes for f in files[c]]
+        ys = np.array([k for k, c in enumerate(classes) for _ in files[c]], np.int64)
+        keep = balanced_subset(ys, n)
+        X = torch.from_numpy(_decode([fs[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
+        out += [X, torch.from_numpy(ys[keep])]
+    return (*out, classes)
+
+# %% ../nbs/03_data.ipynb #d1a80512
+def sample_crop_flip(
+    bs:int, # batch size
+    pad:int=4, # padding on each side
+    device=None, # of the draws (the batch's)
+    generator:torch.Generator|None=None, # of the draws (torch's global one if `None`)
+): # -> (oy, ox, flip): `int64` offsets in 0..2·pad and a `bool` flip, each of shape (bs,)
+    "Draw a random crop offset after padding by `pad`, and a horizontal flip with probability 0.5, for each of `bs` samples"
+    oy, ox = torch.randint(0, 2 * pad + 1, (2, bs), device=device, generator=generator)
+    return oy, ox, torch.rand(bs, device=device, generator=generator) < .5
+
+def crop_flip(
+    x:Tensor, # a batch (bs, c, h, w)
+    oy:Tensor, ox:Tensor, flip:Tensor, # offsets and flips from `sample_crop_flip`
+    pad:int=4, # zero padding on each side
+) -> Tensor: # a new batch (bs, c, h, w), channels_last in memory
+    "Pad `x` with zeros, crop an h×w window at (`oy`, `ox`) and flip it where `flip`: each sample its own, in one gather"
+    bs, c, h, w = x.shape
+    xp = F.pad(x, (pad,) * 4).permute(0, 2, 3, 1)   # (bs, h+2pad, w+2pad, c)
+    ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    rows = oy[:, None] + ar_h
+    cols = ox[:, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)
+    b = torch.arange(bs, device=x.device)[:, None, None]
+    return xp[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+class PadCropFlip(Transform):
+    "The CIFAR baseline augmentation on the training batch: random crop after `pad`-pixel zero padding, random horizontal flip, per sample"
+    order, split_idx = 15, 0  # after IntToFloatTensor (10), before Normalize (99); training only
+    def __init__(self, pad:int=4): store_attr()
+    def encodes(self, x:TensorImage): return crop_flip(x, *sample_crop_flip(x.shape[0], self.pad, x.device), pad=self.pad)
+
+# %% ../nbs/03_data.ipynb #3cfded48
+def cifar_dls(
+    path=None, # a folder in fastai's CIFAR layout, the folder above it, or a `.tgz` of it; `None`: `untar_data(URLs.CIFAR)` (needs internet once)
+    n_train:int|None=None, # a class-balanced subset of the 50,000 training photos (all if `None`)
+    bs:int=128, # batch size
+    n_valid:int|None=None, # validate on a fixed class-balanced subset of the 10,000 test photos (all if `None`)
+    augment:bool=True, # the standard pad-4 random crop and horizontal flip on training batches
+    device=None, # device of the batches (fastai's default if `None`)
+    cache=None, # where a `.tgz` is unpacked (default `$FASTAI_MIXAUG_CACHE` or `~/.cache/fastai_mixaug`)
+    **kwargs, # passed to `Datasets.dataloaders`
+) -> DataLoaders:
+    "fastai `DataLoaders` over CIFAR-10 photos decoded into memory: `uint8` → float, the baseline crop and flip, CIFAR's `Normalize`"
+    for k, v in (('n_train', n_train), ('n_valid', n_valid)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1): raise ValueError(f"`{k}` must be a positive int or None, got {v!r}")
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1: raise ValueError(f"`bs` must be a positive int, got {bs!r}")
+    Xt, yt, Xv, yv, classes = cifar_arrays(path, n_train, n_valid, cache)
+    X, y = torch.cat([Xt, Xv]), [classes[i] for i in torch.cat([yt, yv]).tolist()]
+    splits = [list(range(len(Xt))), list(range(len(Xt), len(X)))]
+    dsets = Datasets(list(range(len(X))), tfms=[[_Row(X)], [_Row(y), Categorize(vocab=classes, sort=False)]], splits=splits)
+    tfms = [IntToFloatTensor()] + ([PadCropFlip()] if augment else []) + [Normalize.from_stats(*CIFAR_STATS)]
+    kwargs.setdefault('num_workers', 0)
+    return dsets.dataloaders(bs=bs, after_batch=tfms, device=device, **kwargs)
+
+class _Row(Transform):
+    "Item `i` of an in-memory table (a `uint8` image tensor becomes a `TensorImage`)"
+    def __init__(self, items): self.items = items
+    def encodes(self, i:int): return TensorImage(self.items[i]) if isinstance(self.items, Tensor) else self.items[i]
 
 # %% ../nbs/03_data.ipynb #9f0c3704
 def tabular_df(

