@@ -120,11 +120,11 @@ def show_mix_batch(self:Learner,
             for c in cbs: c.before_batch()
             xb, yb = self.xb, self.yb
             prm = mix._prm if mix is not None else None
-            site = mix._site if prm is not None and mix._handles else None   # a hidden state is mixed: the inputs are not
+            site = mix._site if prm is not None and mix._armed else None   # a hidden state is mixed: the inputs are not
     finally:
         for k, v in saved.items(): setattr(self, k, v)
         for c in cbs:
-            if isinstance(c, MixCallback): c._disarm(); c._set(_yb1=None, _lam=None, _prm=None)
+            if isinstance(c, MixCallback): c._disarm(); c._unhook(); c._set(_yb1=None, _lam=None, _prm=None)
         for c, g, s, cg, cs in gens:
             c._set(_gen=g)
             if g is not None: g.set_state(s)
