@@ -14,7 +14,7 @@ from fastai.torch_core import rank_distrib
 from .core import *
 from .core import _is_num, _plain
 from .masks import sample_fmix, sample_resizemix, check_scale, check_decay_power
-from .hidden import Site, hidden_sites, find_sites, representation_site
+from .hidden import Site, hidden_sites, find_sites, representation_site, _compiled, _recompile
 
 # %% auto #0
 __all__ = ['MixAugCallback', 'MixCallback', 'MixUp', 'CutMix', 'CutMixUp', 'FMix', 'ResizeMix', 'ManifoldMixUp', 'Cutout']
@@ -85,7 +85,8 @@ class MixCallback(MixAugCallback):
         super().__init__(p, mode, seed, off_last)
         self.mix_target = check_choice(mix_target, 'mix_target', ('auto', 'loss', 'label'))
         self._yb1 = self._lam = self._prm = self._sites = self._site = self._cpu_gen = self._model = None
-        self._handles, self._fired, self._checked, self._probed, self._loss_ok = [], False, False, False, False
+        self._handles, self._fit_handles, self._fired, self._checked, self._probed, self._loss_ok = [], [], False, False, False, False
+        self._armed = self._probing = self._compiled = False
 
     def _params(self, pct:float) -> dict: raise NotImplementedError  # this batch's sampler arguments (schedules evaluated)
     def _sample(self, x:Tensor, p:float, **kw) -> MixParams: raise NotImplementedError  # one draw for input `x`
@@ -96,13 +97,14 @@ class MixCallback(MixAugCallback):
         others = [type(cb).__name__ for cb in self.learn.cbs if isinstance(cb, MixCallback) and cb is not self]
         if others: raise ValueError(f"{type(self).__name__} cannot run with {', '.join(others)} on one learner: "
                                     "to combine MixUp and CutMix use CutMixUp (`learn.cutmixup()`)")
-        self._disarm()
+        self._disarm(); self._unhook()
         self._locate()
         self._checked = self._probed = self._loss_ok = False
 
     def _locate(self):
         "Find where to mix in the learner's model (again only if the model changed)"
-        self._set(_sites=self._where(self.learn.model), _model=self.learn.model)
+        if self._fit_handles: self._unhook()
+        self._set(_sites=self._where(self.learn.model), _model=self.learn.model, _compiled=_compiled(self.learn.model))
 
     def draw(self, x:Tensor, force:bool=False) -> MixParams|None:
         "Sample this batch's parameters for input `x` (`None` when the augmentation is off for this batch, unless `force`)"
@@ -138,13 +140,21 @@ class MixCallback(MixAugCallback):
     def _arm(self, prm:MixParams):
         "Hook the site drawn for this batch; on the first batch, also check that every site gives a state that can be mixed"
         site = self._sites[self._pick()]
-        def mixed(h): self._set(_fired=True); return mix_hidden(h, prm, site.what)
-        def probe(s):
-            def check(h): mix_hidden(h, prm, s.what)      # raises if it cannot be mixed; changes nothing
-            return s.hook(check)
         probes = [] if self._probed else [s for s in self._sites if s is not site]
-        self._set(_fired=False, _site=site, _probed=True)
-        self._handles += [site.hook(mixed, prepend=True)] + [probe(s) for s in probes]
+        self._set(_fired=False, _site=site, _probed=True, _probing=bool(probes), _armed=True)
+        if not self._compiled: self._handles += [s.hook(self._hook_fn(s, prm), prepend=s is site) for s in [site] + probes]
+        elif not self._fit_handles:                        # compiled: hooks stay for the fit (see below), traced once with them
+            self._fit_handles += [s.hook(self._hook_fn(s), prepend=True) for s in self._sites]
+            _recompile(self.learn.model)
+
+    def _hook_fn(self, s:Site, prm:MixParams|None=None):
+        "The hook at site `s`: mix the state if `s` is this batch's site; on the first batch, check that it can be mixed (changing nothing)"
+        def hook(h):
+            if not self._armed: return None
+            p = prm if prm is not None else self._prm
+            if s is self._site: self._set(_fired=True); return mix_hidden(h, p, s.what)
+            if self._probing: mix_hidden(h, p, s.what)
+        return hook
 
     def _pick(self) -> int:
         "Index of the site for this batch, uniform; drawn on the CPU (no device sync), from `seed + rank` with `seed`"
@@ -154,13 +164,21 @@ class MixCallback(MixAugCallback):
         return int(torch.randint(n, (), generator=self._cpu_gen))
 
     def _disarm(self):
-        "Remove this batch's hooks: the model is left with exactly the hooks it had"
+        "Remove this batch's hooks (a compiled model's stay for the fit, switched off): the model is left with exactly the hooks it had"
         for h in self._handles: h.remove()
         self._handles.clear()
+        self._set(_armed=False)
+
+    def _unhook(self):
+        "Remove a compiled model's hooks, at the end of the fit"
+        if not self._fit_handles: return
+        for h in self._fit_handles: h.remove()
+        self._fit_handles.clear()
+        _recompile(self._model)
 
     def after_pred(self):
         "Unhook right after the forward pass; a site that never ran is an error (the targets are mixed, the state would not be)"
-        if self._handles:
+        if self._armed:
             self._disarm()
             if not self._fired: raise ValueError(f"{type(self).__name__}: module {self._site.name!r} did not run in the forward pass, so its "
                                                  "output could not be mixed: choose modules the model calls (`modules=`)")
@@ -188,8 +206,8 @@ class MixCallback(MixAugCallback):
 
     def after_batch(self): self._disarm(); self._set(_yb1=None, _lam=None, _prm=None)
     def after_cancel_batch(self): self._disarm()
-    def after_fit(self): self._disarm()
-    def after_cancel_fit(self): self._disarm()
+    def after_fit(self): self._disarm(); self._unhook()
+    def after_cancel_fit(self): self._disarm(); self._unhook()
 
 # %% ../nbs/01_callback.ipynb #57c78d1c
 class _BlendBox(MixCallback):
@@ -320,7 +338,7 @@ def one_batch(self:Learner, i, b):
     try: _fastai_one_batch(self, i, b)
     finally:
         for cb in self.cbs:
-            if isinstance(cb, MixCallback) and cb._handles: cb._disarm()
+            if isinstance(cb, MixCallback) and cb._armed: cb._disarm()
 
 Learner.one_batch._fastai = _fastai_one_batch
 

@@ -30,9 +30,32 @@ class Site(NamedTuple):
         if self.pre: return self.module.register_forward_pre_hook(lambda m, args: fn(args), prepend=prepend)
         return self.module.register_forward_hook(lambda m, args, out: fn(out), prepend=prepend)
 
+_COMPILED = 'torch._dynamo.eval_frame.OptimizedModule'   # what `torch.compile(model)` returns
+
+def _wrappers(model:nn.Module) -> list[nn.Module]:
+    "`model` and the models inside its `DistributedDataParallel`, `DataParallel` and `torch.compile` wrappers, outermost first"
+    out = [model]
+    while True:
+        m = out[-1]
+        if isinstance(m, (nn.parallel.DistributedDataParallel, nn.DataParallel)): out.append(m.module)
+        elif _is(m, _COMPILED): out.append(m._orig_mod)
+        else: return out
+
 def _unwrap(model:nn.Module) -> nn.Module:
-    "The model inside a `DistributedDataParallel` (or `DataParallel`) wrapper"
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+    "The model inside its DDP, `DataParallel` and `torch.compile` wrappers"
+    return _wrappers(model)[-1]
+
+def _compiled(model:nn.Module) -> bool:
+    "Whether `model` runs through `torch.compile`"
+    return any(_is(m, _COMPILED) for m in _wrappers(model))
+
+def _recompile(model:nn.Module):
+    "Make `torch.compile` trace `model` again at its next call: it does not see hooks added after it traced it"
+    from torch._dynamo.eval_frame import remove_from_cache    # drops the code compiled for one function (all of its callers)
+    for w in _wrappers(model):
+        if _is(w, _COMPILED):                                  # what dynamo compiled: the module's call, or its forward
+            for f in (getattr(w.forward, '_torchdynamo_orig_callable', None), w._orig_mod):
+                if f is not None: remove_from_cache(f)
 
 def _is(m:nn.Module, *names:str) -> bool:
     "Whether `m` is an instance of one of the classes `'package.module.Class'` (checked by name: nothing is imported)"
@@ -100,12 +123,13 @@ def find_sites(
     modules:list, # modules of `model`, or their names in `model.named_modules()` ('' is the model itself)
 ) -> list[Site]: # their outputs
     "Check that each of `modules` is in `model`, and return the places to mix (their outputs)"
-    model = _unwrap(model)
+    outer, model = dict(model.named_modules()), _unwrap(model)
     named = dict(model.named_modules())
     by_id = {id(m): n for n, m in named.items()}
     sites = []
     for m in modules:
         if isinstance(m, str):
+            if m not in named and id(outer.get(m)) in by_id: m = by_id[id(outer[m])]   # a name through a wrapper: '_orig_mod.1' is '1'
             if m not in named:
                 close = difflib.get_close_matches(m, list(named), n=3)
                 raise ValueError(f"`modules`: {m!r} is not a module of the model (names come from learn.model.named_modules())"

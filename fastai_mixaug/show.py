@@ -38,14 +38,14 @@ def mix_titles(
     y1:Tensor|None=None, # the partners' own targets, with `lam`: class indices, one-hot or multi-hot rows, or values
     k:int=3, # at most this many labels for a soft target given alone
 ) -> list[str]:
-    "One title per sample: its label(s) and its partner's, with their shares: '0.62 3 / 0.38 8', '0.62 cat,dog / 0.38 emu'"
+    "One title per sample: its label(s) and its partner's, with their shares: '0.62 3 / 0.38 8', '0.62 cat,dog / 0.38 emu' (a partner of the same class too); an unmixed sample's label alone"
     y = to_cpu(y)
     if lam is not None and y1 is not None:
         name = _namer(y, vocab)
         out = []
         for a, b, l in zip(y, to_cpu(y1), to_cpu(lam).float().tolist()):
             na, nb = name(a), name(b)
-            out.append(na if na == nb or l >= 0.995 else f"{l:.2f} {na} / {1-l:.2f} {nb}")
+            out.append(na if l >= 0.995 else f"{l:.2f} {na} / {1-l:.2f} {nb}")
         return out
     if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and not y.is_floating_point()): return [_label(vocab, a) for a in y.reshape(-1).tolist()]
     if y.ndim == 2 and y.is_floating_point():
@@ -120,11 +120,11 @@ def show_mix_batch(self:Learner,
             for c in cbs: c.before_batch()
             xb, yb = self.xb, self.yb
             prm = mix._prm if mix is not None else None
-            site = mix._site if prm is not None and mix._handles else None   # a hidden state is mixed: the inputs are not
+            site = mix._site if prm is not None and mix._armed else None   # a hidden state is mixed: the inputs are not
     finally:
         for k, v in saved.items(): setattr(self, k, v)
         for c in cbs:
-            if isinstance(c, MixCallback): c._disarm(); c._set(_yb1=None, _lam=None, _prm=None)
+            if isinstance(c, MixCallback): c._disarm(); c._unhook(); c._set(_yb1=None, _lam=None, _prm=None)
         for c, g, s, cg, cs in gens:
             c._set(_gen=g)
             if g is not None: g.set_state(s)
@@ -146,7 +146,7 @@ def _plot_mix_batch(self:Learner, xb, yb, xb0, yb0, prm, site, n, nrows, ncols, 
     if not _spatial_input(_plain(xb[0])): return self._table_mix_batch(xb0, yb0, prm, site, n, figsize)
     x = _decode(self, xb)
     y, y0 = (yb[0], yb0[0]) if len(yb) else (None, None)
-    perm, lam = (None, None) if prm is None else (to_cpu(prm.perm), to_cpu(prm.lam))
+    perm = None if prm is None else to_cpu(prm.perm)
     dense = y is not None and not _plain(y).is_floating_point() and tuple(y.shape[1:]) == tuple(x.shape[2:])
     extra = [[] for _ in range(n)]
     if site is not None:                                     # the inputs are untouched: show each partner beside its sample
@@ -156,20 +156,33 @@ def _plot_mix_batch(self:Learner, xb, yb, xb0, yb0, prm, site, n, nrows, ncols, 
         if prm is not None and prm.blend: 
             cut = torch.zeros(bs, dtype=torch.bool) if prm.cut is None else to_cpu(prm.cut)
             for i in range(n): extra[i].append(y0[perm[i]] if not cut[i] else torch.full_like(to_cpu(y[i]), 0))
-    if y is None: titles = [''] * n
-    elif dense: titles = ['' if lam is None else f"λ {float(lam[i]):.2f}" + (' (own | partner mask)' if prm.blend and len(extra[i]) > 1 else '') for i in range(n)]
-    elif prm is not None: titles = mix_titles(y0, _class_vocab(self.dls), lam, to_cpu(y0)[perm])
-    else: titles = mix_titles(y, _class_vocab(self.dls))
-    if site is not None: titles = [f"{t}\n(mixed at {site.name} {site.where})" for t in titles]
+    titles, key = self._titles(y, y0, prm, site, dense, extra, n)
     ncols = ncols or (math.ceil(n / nrows) if nrows else math.ceil(math.sqrt(n)))
     nrows = nrows or math.ceil(n / ncols)
     w = 2.2 * (1 + max(len(e) for e in extra))
-    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (w * ncols, 2.4 * nrows), squeeze=False)
-    for i, ax in enumerate(axs.flat):
+    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (w * ncols, 2.6 * nrows + 0.3), squeeze=False, layout='constrained')
+    for i, ax in enumerate(axs.flat):                        # constrained layout: titles get their own room, for any nrows
         if i < n: _show_one(ax, x[i], extra[i], titles[i])
         else: fig.delaxes(ax)
-    fig.tight_layout()
+    if key: fig.suptitle(key, fontsize=9)
     return fig
+
+def _site_text(site) -> str:
+    "Where a hidden state was mixed, in words: \"mixed after module '1' (ConvLayer)\""
+    return f"mixed {'at the input of' if site.pre else 'after'} module {site.name!r} ({type(site.module).__name__})"
+
+@patch
+def _titles(self:Learner, y, y0, prm, site, dense:bool, extra:list, n:int) -> tuple[list, str]:
+    "Each sample's title, and the figure's one-line key to reading them"
+    if y is None: return [''] * n, ''
+    if prm is None: return ([''] * n if dense else mix_titles(y, _class_vocab(self.dls))[:n]), ''
+    lam = to_cpu(prm.lam)
+    if dense: return [f"λ {float(lam[i]):.2f}" + (' (own | partner mask)' if prm.blend and len(extra[i]) > 1 else '') for i in range(n)], \
+        "title: λ, the share of the sample that is its own"
+    titles = mix_titles(y0, _class_vocab(self.dls), lam, to_cpu(y0)[to_cpu(prm.perm)])[:n]
+    key = "title: λ label / 1−λ partner's label"
+    if site is None: return titles, key
+    return [f"{t}\n({_site_text(site)})" for t in titles], key + "; beside each sample, its partner"
 
 @patch
 def _table_mix_batch(self:Learner, xb0, yb0, prm, site, n, figsize):

@@ -74,7 +74,7 @@ class Watch(Callback):
         if not self.training: return
         self.n_batches += 1
         mix = next((c for c in self.learn.cbs if isinstance(c, MixCallback)), None)
-        hidden = mix is not None and bool(mix._handles)   # ManifoldMixUp armed: a hidden state is mixed in the forward pass, not xb
+        hidden = mix is not None and mix._armed   # ManifoldMixUp armed: a hidden state is mixed in the forward pass, not xb
         self.n_aug += hidden or not torch.equal(self.xb[0], self.learn._raw_x)
         self.dtypes.add(self.xb[0].dtype)
     def after_loss(self):

@@ -21,6 +21,58 @@ def test_readme_has_the_two_commands():
     assert 'pip install torch==2.14.1 torchvision==0.29.1 && pip install -e ".[dev]" && fastai-mixaug' in txt
     assert '```sh\npython -m pytest\n```' in txt
 
+def test_readme_short_with_a_snippet_early():
+    "A front door: at most 15,000 bytes, the first Python snippet in the first 60 lines"
+    txt = (ROOT/'README.md').read_text(encoding='utf-8')
+    assert len(txt.encode()) <= 15_000, len(txt.encode())
+    assert txt.splitlines().index('```python') < 60
+
+
+def _links(text:str) -> list[str]:
+    "Relative link and image targets of a markdown text (no web addresses, no #anchors)"
+    return [u.split('#')[0] for u in re.findall(r'\]\(([^)\s]+)\)', text) if not re.match(r'[a-z]+:', u) and not u.startswith('#')]
+
+
+@pytest.mark.parametrize('page', ['README.md', 'docs/results.md', 'docs/development.md', 'benchmarks/README.md'])
+def test_links_tie_to_files(page):
+    "Every file or folder the README and the pages it sends readers to link is in the repository"
+    f = ROOT/page
+    links = _links(f.read_text(encoding='utf-8'))
+    if page in ('README.md', 'docs/results.md'): assert links
+    assert [u for u in links if not (f.parent/u).exists()] == []
+
+
+def test_readme_sends_readers_to_the_moved_pages():
+    "The full results, the speed tables and the development notes have pages of their own, linked from the README"
+    txt = (ROOT/'README.md').read_text(encoding='utf-8')
+    for page in ['docs/results.md', 'benchmarks/README.md', 'docs/development.md', 'results/study/study.png']: assert f']({page})' in txt, page
+    assert '## Results\n' in txt
+    res = (ROOT/'docs'/'results.md').read_text(encoding='utf-8')
+    for h in ['## The study', '## A recipe', '## The main command']: assert h in res, h
+    assert '## Summary of the committed run' in (ROOT/'benchmarks'/'README.md').read_text(encoding='utf-8')
+    assert '## Tests' in (ROOT/'docs'/'development.md').read_text(encoding='utf-8')
+
+
+def test_main_table_says_the_command_that_made_it():
+    "The main command's table on the results page is the committed one, with the exact command that wrote it"
+    res = (ROOT/'docs'/'results.md').read_text(encoding='utf-8')
+    committed = (ROOT/'results'/'main'/'results.md').read_text(encoding='utf-8')
+    cmd = committed.splitlines()[0].strip('`')
+    assert cmd == 'fastai-mixaug --seeds 0,1,2 --out results/main --quiet'
+    assert f'```\n{cmd}\n```' in res
+    rows = [l for l in committed.splitlines() if l.startswith('| ')]
+    assert len(rows) == 9 and all(r in res for r in rows)
+
+
+def test_readme_says_what_importing_patches():
+    "The README names the two Learner methods importing the package wraps, and the package does wrap them"
+    import fastai_mixaug.all  # noqa: F401
+    from fastai.learner import Learner
+    assert hasattr(Learner.one_batch, '_fastai') and hasattr(Learner.export, '_fastai_export')
+    txt = (ROOT/'README.md').read_text(encoding='utf-8')
+    assert '`Learner.one_batch`' in txt and '`Learner.export`' in txt and 'never changed' not in txt
+
+
 # --- the snippets ----------------------------------------------------------------------------------------------
 
 def snippets(text:str) -> list[tuple[str, str]]:
