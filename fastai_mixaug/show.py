@@ -168,8 +168,8 @@ def _plot_mix_batch(self:Learner, xb, yb, xb0, yb0, prm, site, n, nrows, ncols, 
     return fig
 
 def _site_text(site) -> str:
-    "Where a hidden state was mixed, in words: \"mixed after module '1' (ConvLayer)\""
-    return f"mixed {'at the input of' if site.pre else 'after'} module {site.name!r} ({type(site.module).__name__})"
+    "Where a hidden state was mixed, in words: \"after module '1' (ConvLayer)\""
+    return f"{'at the input of' if site.pre else 'after'} module {site.name!r} ({type(site.module).__name__})"
 
 @patch
 def _titles(self:Learner, y, y0, prm, site, dense:bool, extra:list, n:int) -> tuple[list, str]:
@@ -182,7 +182,7 @@ def _titles(self:Learner, y, y0, prm, site, dense:bool, extra:list, n:int) -> tu
     titles = mix_titles(y0, _class_vocab(self.dls), lam, to_cpu(y0)[to_cpu(prm.perm)])[:n]
     key = "title: λ label / 1−λ partner's label"
     if site is None: return titles, key
-    return [f"{t}\n({_site_text(site)})" for t in titles], key + "; beside each sample, its partner"
+    return [f"{t}\n(mixed {_site_text(site)})" for t in titles], key + "; beside each sample, its partner"
 
 @patch
 def _table_mix_batch(self:Learner, xb0, yb0, prm, site, n, figsize):
@@ -193,8 +193,8 @@ def _table_mix_batch(self:Learner, xb0, yb0, prm, site, n, figsize):
     for i in range(n):
         j, l = (i, 1.) if prm is None else (int(prm.perm[i]), float(prm.lam[i]))
         own, other = (name(y[i]), name(y[j])) if y is not None else ('', '')
-        rows.append([str(i), str(j), f"{l:.2f}", own, other, '—' if prm is None else (site.name + (' (input)' if site and site.pre else '') if site else 'inputs')])
-    cols = ['sample', 'partner', 'λ (own share)', 'label', 'partner label', 'mixed at']
+        rows.append([str(i), str(j), f"{l:.2f}", own, other, '—' if prm is None else _site_text(site) if site else 'the inputs'])
+    cols = ['sample', 'partner', 'λ (own share)', 'label', 'partner label', 'mixed']
     fig, ax = plt.subplots(figsize=figsize or (9, 0.35 * (n + 2)))
     ax.axis('off')
     ax.table(cellText=rows, colLabels=cols, loc='center', cellLoc='center')

@@ -212,7 +212,10 @@ def test_show_mix_batch_draws_a_table_of_pairs(app, wine, text, ratings, tmp_pat
     assert (tmp_path/'t.png').stat().st_size > 0
     (ax,) = plt.gcf().axes
     cells = {k: c.get_text().get_text() for k, c in ax.tables[0].get_celld().items()}
-    eq(cells[0, 0], 'sample'); eq(cells[0, 2], 'λ (own share)')
+    eq(cells[0, 0], 'sample'); eq(cells[0, 2], 'λ (own share)'); eq(cells[0, 5], 'mixed')
+    site = learn.cbs.filter(lambda c: hasattr(c, '_sites'))[0]._sites
+    assert cells[1, 5] in {f"{'at the input of' if s.pre else 'after'} module {s.name!r} ({type(s.module).__name__})" for s in site}, cells[1, 5]
+    if app == 'tabular': eq(cells[1, 5], "at the input of module 'layers' (Sequential)")   # the row as the model builds it, in words
     assert all(0.5 <= float(cells[i, 2]) <= 1 for i in range(1, 6))            # MixUp's λ = max(λ, 1-λ)
     eq(hooks(learn.model), before)
     plt.close('all')
