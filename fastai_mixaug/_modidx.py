@@ -160,6 +160,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'fastai_mixaug.core._kept_share': ('core.html#_kept_share', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._mean_weights': ('core.html#_mean_weights', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._mix_targets': ('core.html#_mix_targets', 'fastai_mixaug/core.py'),
+                                    'fastai_mixaug.core._nll_args': ('core.html#_nll_args', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._over_batch': ('core.html#_over_batch', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._plain': ('core.html#_plain', 'fastai_mixaug/core.py'),
                                     'fastai_mixaug.core._resize_into': ('core.html#_resize_into', 'fastai_mixaug/core.py'),

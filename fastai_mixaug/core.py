@@ -538,7 +538,9 @@ def mix_loss(
     else: l = torch.lerp(l1.reshape(bs, -1), l0.reshape(bs, -1), lam.unsqueeze(1)).view(l0.shape)  # per pixel: its sample's λ
     w0, w1 = _mean_weights(loss_func, yb), _mean_weights(loss_func, yb1)
     if red != 'mean' or w0 is None or w0.numel() != l.numel(): return _retype(reduce_loss(l, red), t0)
-    return _retype(l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lam.unsqueeze(1)).sum(), t0)  # PyTorch's weighted mean
+    # PyTorch's weighted mean, mixed: Σ mixed losses / Σ mixed target weights (see the text above)
+    if l0.ndim == 1 and l0.shape[0] == bs: return _retype(l.sum() / torch.lerp(w1, w0, lam).sum(), t0)
+    return _retype(l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lam.unsqueeze(1)).sum(), t0)
 
 def _ce_losses(loss_func, pred, yb, yb1) -> tuple|None:
     "Per-sample `F.cross_entropy` of `pred` against `yb` and `yb1`, one `log_softmax` shared, when `loss_func` is exactly torch's or fastai's cross-entropy on class indices; else `None`"
@@ -558,16 +560,26 @@ def _global_hooks() -> bool:
     m = torch.nn.modules.module
     return bool(getattr(m, '_global_forward_hooks', None) or getattr(m, '_global_forward_pre_hooks', None))
 
-def _mean_weights(loss_func, yb) -> Tensor|None:
-    "Per-element weights a class-weighted or ignore-index `'mean'` divides by (cross-entropy / NLL), else `None`"
+def _nll_args(loss_func) -> tuple|None:
+    "`(weight, ignore_index)` of a cross-entropy or NLL loss (torch's modules, fastai's flattened ones, `F.cross_entropy`, `F.nll_loss` or a `partial` of them), else `None`"
+    if isinstance(loss_func, partial):                          # (checked first: a `partial` also has a `func`)
+        if loss_func.func not in (F.cross_entropy, F.nll_loss) or loss_func.args: return None
+        return loss_func.keywords.get('weight'), loss_func.keywords.get('ignore_index', -100)
+    if loss_func in (F.cross_entropy, F.nll_loss): return None, -100
     lf = getattr(loss_func, 'func', loss_func)                  # fastai's flattened losses wrap the torch loss
-    if not isinstance(lf, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)) or len(yb) != 1: return None
-    y = _plain(yb[0])
-    if y.is_floating_point() or (lf.weight is None and y.ndim == 1): return None  # plain mean
-    t = y.reshape(-1).long()
-    keep = t != lf.ignore_index
-    w = lf.weight[t.clamp_min(0)] if lf.weight is not None else torch.ones_like(t, dtype=torch.float32)
-    return (w * keep).to(torch.float32)
+    if not isinstance(lf, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)): return None
+    return lf.weight, lf.ignore_index
+
+def _mean_weights(loss_func, yb) -> Tensor|None:
+    "Per-element weights a cross-entropy or NLL `'mean'` divides by: the target's class weight (1 without), 0 where ignored; else `None` (a plain mean)"
+    args = _nll_args(loss_func)
+    if args is None or len(yb) != 1: return None
+    y, (weight, ignore) = _plain(yb[0]), args
+    if y.is_floating_point(): return None                       # class probabilities: PyTorch takes the plain mean
+    t = y if y.ndim == 1 else y.reshape(-1)
+    keep = t != ignore
+    if weight is None: return keep.to(torch.float32)
+    return weight[t.masked_fill(~keep, 0).long()].mul(keep).to(torch.float32)  # an ignore index may lie outside the weights (255)
 
 # %% ../nbs/00_core.ipynb #7d1fcbd2
 def _int_view(dtype:torch.dtype) -> torch.dtype|None:
