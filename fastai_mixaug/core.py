@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['check_prob', 'check_alpha', 'check_choice', 'sched_value', 'sample_beta', 'sample_boxes', 'box_area', 'box_mask',
-           'MixParams', 'sample_mix', 'sample_holes', 'mix_weight', 'mix_input', 'paste_resized', 'target_kind',
-           'mix_label', 'mix_targets', 'mix_batch', 'mix_hidden', 'loss_reduction', 'per_sample', 'reduce_loss',
-           'mix_loss', 'erase', 'erase_batch']
+           'MixParams', 'sample_mix', 'join_draws', 'sample_holes', 'mix_weight', 'mix_input', 'paste_resized',
+           'target_kind', 'mix_label', 'mix_targets', 'mix_batch', 'mix_hidden', 'loss_reduction', 'per_sample',
+           'reduce_loss', 'mix_loss', 'erase', 'erase_batch']
 
 # %% ../nbs/00_core.ipynb #9dcd863b
 def _is_num(v): return type(v) in (float, int) or (isinstance(v, numbers.Real) and not isinstance(v, bool))
@@ -154,7 +154,8 @@ class MixParams(NamedTuple):
     spatial:tuple=() # spatial shape the boxes and masks live in
     blend:bool=True # whether any sample can be blended (False for CutMix, FMix, ResizeMix)
     mask:Tensor|None=None # (bs, 1, *spatial) bool: True where the partner's pixel is taken (FMix); `None`: the boxes say where
-    resize:bool=False # whether each box holds the whole partner resized to it (ResizeMix), rather than the partner's pixels there
+    resize:bool|Tensor=False # whether each box holds the whole partner resized to it (ResizeMix), rather than the partner's pixels there; or (k,) long: the samples whose box does
+    which:Tensor|None=None # (bs,) long: the mixer each sample drew, an index into RandomMix's `mixers` (-1: left alone); `None` for one mixer
 
     def to(self, device):
         "The same parameters on `device`"
@@ -171,6 +172,7 @@ def sample_mix(
     mode:str='elem', # 'elem': parameters per sample; 'batch': one draw shared by the whole batch
     device=None, # the batch's device
     generator:torch.Generator|None=None, # RNG to draw from (torch's global RNG if `None`)
+    perm:Tensor|None=None, # (bs,) the partners, if already drawn (RandomMix draws them for the whole batch); else drawn here
 ) -> MixParams:
     "Draw the partners, λ and boxes of one MixUp / CutMix / CutMixUp batch"
     spatial, n = tuple(spatial), (bs if mode == 'elem' else 1)
@@ -178,7 +180,7 @@ def sample_mix(
     if can_cut and not spatial: raise ValueError("CutMix needs inputs with spatial dimensions, shaped (bs, C, *spatial)")
     # few, small ops (a batch of 256 small images costs less than a dozen of them): each draw only when needed, and
     # one `rand` for all the uniforms: samples left alone (`p`), pasted or blended, a uniform area (Beta(1, 1)), box centres
-    perm = torch.randperm(bs, device=device, generator=generator)
+    if perm is None: perm = torch.randperm(bs, device=device, generator=generator)
     cols = ['keep'] * (p < 1) + ['cut'] * (can_cut and blend) + ['area'] * (can_cut and cutmix_alpha == 1)
     nc = len(spatial) if can_cut else 0
     u = torch.rand(n, len(cols) + nc, device=device, generator=generator) if cols or nc else None
@@ -201,6 +203,38 @@ def sample_mix(
             lam = torch.where(cut, kept, lam)
             if keep is not None: cut = cut & ~keep
     return MixParams(perm, *_over_batch(bs, lam, cut, lo, hi), spatial, blend)
+
+def join_draws(
+    perm:Tensor, # (bs,) long: the partner of each sample
+    rows:list, # per draw, (n_k,) long: the samples it is for (disjoint; a sample in none is left alone)
+    draws:list, # per draw, the `MixParams` of its `n_k` samples, partnered with `perm[rows[k]]` ('elem' mode)
+    spatial:tuple=(), # spatial shape of the inputs
+    which:list|None=None, # per draw, the index of its mixer (default: 0, 1, ...)
+    blend:bool|None=None, # whether a sample can be blended (default: whether one of `draws` can)
+) -> MixParams:
+    "One per-sample draw made of the draws of several mixes, each for its own samples: what RandomMix applies, in one pass, with `mix_batch`"
+    bs, dev, spatial = perm.shape[0], perm.device, tuple(spatial)
+    which = list(range(len(draws))) if which is None else which
+    blend = any(d.blend for d in draws) if blend is None else blend
+    lam, cut = torch.ones(bs, device=dev), torch.zeros(bs, dtype=torch.bool, device=dev)
+    idx = torch.full((bs,), -1, dtype=torch.long, device=dev)   # left alone, unless a draw is for it
+    boxes, masks = any(d.lo is not None for d in draws), any(d.mask is not None for d in draws)
+    lo = hi = mask = None
+    if boxes or not blend: lo, hi = (torch.zeros(bs, len(spatial), dtype=torch.long, device=dev) for _ in range(2))  # empty boxes
+    resize = []
+    for r, d, k in zip(rows, draws, which):                    # a few small ops per mixer, none per sample
+        if not r.numel(): continue                              # (sizes are known on the host: no sync)
+        lam.index_copy_(0, r, d.lam); idx.index_fill_(0, r, k)
+        if d.cut is not None: cut.index_copy_(0, r, d.cut)
+        if d.lo is not None: lo.index_copy_(0, r, d.lo); hi.index_copy_(0, r, d.hi)
+        if isinstance(d.resize, Tensor): resize.append(r.index_select(0, d.resize))
+        elif d.resize: resize.append(r)
+    if masks:                                                  # one coverage for all: the boxes, and the masks where a draw has them
+        mask = box_mask(lo, hi, spatial) if boxes else torch.zeros(bs, 1, *spatial, dtype=torch.bool, device=dev)
+        for r, d in zip(rows, draws):
+            if d.mask is not None and r.numel(): mask.index_copy_(0, r, d.mask)
+    resize = (torch.cat(resize) if len(resize) > 1 else resize[0]) if resize else False
+    return MixParams(perm, lam, cut, lo, hi, spatial, blend, mask, resize, idx)
 
 # %% ../nbs/00_core.ipynb #c9f5f04e
 def sample_holes(
@@ -261,6 +295,7 @@ def mix_weight(
     w = prm.lam.view(-1, 1, *[1] * len(prm.spatial))
     if w.dtype != dtype: w = w.to(dtype)
     if not pixels: return w
+    if inside is None and prm.mask is not None: inside = _cover(prm, dtype)  # masks (FMix), alone or next to boxes and blends (RandomMix)
     if not prm.blend: return 1 - (_cover(prm, dtype) if inside is None else inside.to(dtype))  # a paste: 0 in the box (mask), 1 elsewhere
     w = w.masked_fill(prm.cut.view(w.shape), 1.)            # 1 for cut samples, λ for blended ones
     if inside is not None: t = w * inside.to(dtype)
@@ -335,7 +370,7 @@ def _cpu_chunk(t:Tensor) -> int:
 
 def paste_resized(
     t:Tensor, # (bs, ..., *spatial): a batch of images (or masks, signals, volumes)
-    perm:Tensor, # (bs,) long: the partner of each sample
+    perm:Tensor, # (k,) long: the partner of each sample (of each of `k` samples, with their boxes)
     lo:Tensor, # (bs, nd) long: box starts
     hi:Tensor, # (bs, nd) long: box ends (exclusive)
     mode:str='bilinear', # 'bilinear' (linear in each dim: images), or 'nearest' (masks)
@@ -345,10 +380,10 @@ def paste_resized(
         out = paste_resized(t.float(), perm, lo, hi, mode)
         info = torch.iinfo(t.dtype)
         return out.round_().clamp_(info.min, info.max).to(t.dtype)
-    bs, k = t.shape[0], _cpu_chunk(t)
+    bs, k = perm.shape[0], _cpu_chunk(t)                    # `perm` may be the partners of some samples only (RandomMix): one output each
     if k >= bs: out = _resize_into(t, perm, lo, hi, mode, [])  # buffers no longer needed are reused: each new batch-sized one costs page faults
     else:
-        out, free = torch.empty_like(t), []                # chunk by chunk, straight into `out`; a chunk reuses the last one's buffers
+        out, free = (torch.empty_like(t) if bs == t.shape[0] else t.new_empty((bs, *t.shape[1:]))), []  # chunk by chunk, straight into `out`; a chunk reuses the last one's buffers
         for s in range(0, bs, k):
             n = min(k, bs - s)
             _resize_into(t, perm[s:s + n], lo[s:s + n], hi[s:s + n], mode, free if n == k else [], out[s:s + n])
@@ -398,11 +433,16 @@ class _Pixels:
     def weight(self, t:Tensor, lead:int=2) -> Tensor:
         "Weight of the sample's own value for `t`: per pixel for pixel-shaped `t`, else per sample"
         if not self.wise(t, lead): return self.prm.lam.view(-1, *[1] * (t.ndim - 1))
-        if self._w is None: self._w = mix_weight(self.prm, self._cover, self.dt)
+        if self._w is None: self._w = mix_weight(self.prm, self._cover if self.prm.mask is None else self.cover(), self.dt)
         return self._w if lead == 2 else self._w.select(1, 0)    # (bs, 1, *sp) for inputs, (bs, *sp) for targets
     def source(self, t:Tensor, lead:int=2, mode:str='bilinear') -> Tensor|None:
         "What the partner puts into the box when it is not its own pixels there (ResizeMix), else `None`"
-        return paste_resized(t, self.prm.perm, self.prm.lo, self.prm.hi, mode) if self.prm.resize and self.wise(t, lead) else None
+        prm, r = self.prm, self.prm.resize
+        if not self.wise(t, lead) or r is False or r is None: return None
+        if not isinstance(r, Tensor): return paste_resized(t, prm.perm, prm.lo, prm.hi, mode) if r else None
+        src = _gather(t, prm.perm)                            # some samples only (RandomMix): the others take their partner's pixels
+        if r.numel(): src.index_copy_(0, r, paste_resized(t, prm.perm.index_select(0, r), prm.lo.index_select(0, r), prm.hi.index_select(0, r), mode))
+        return src
 
 def _mix_targets(yb:tuple, prm:MixParams, px:_Pixels, mix_target:str, n_classes:int|None) -> tuple:
     perm, bs, sp = prm.perm, prm.perm.shape[0], prm.spatial
@@ -466,7 +506,7 @@ def mix_batch(
             if not prm.blend and px.wise(x):                  # a paste (CutMix, FMix, ResizeMix): the coverage is the partner's weight
                 x0, mixed = _retype(mix_input(x, perm, px.cover(), partner=True, src=px.source(x)), x0), mixed or x.numel() > 0
             elif x.is_floating_point():                       # integer inputs can only be pasted, never blended
-                x0, mixed = _retype(mix_input(x, perm, px.weight(x)), x0), mixed or x.numel() > 0  # an empty (bs, 0) input mixes nothing
+                x0, mixed = _retype(mix_input(x, perm, px.weight(x), src=px.source(x)), x0), mixed or x.numel() > 0  # an empty (bs, 0) input mixes nothing
         xs.append(x0)
     if not mixed: raise TypeError(_unmixable(xb))
     return (tuple(xs), *_mix_targets(yb, prm, px, mix_target, n_classes))

@@ -13,7 +13,7 @@ from fastai.torch_core import TensorImage, TensorCategory, TensorMask, set_seed
 from fastai.data.transforms import Normalize
 from fastai.callback.schedule import SchedLin, SchedCos, SchedNo, combine_scheds
 from fastai_mixaug.core import box_mask, mix_batch, sample_mix, sample_holes, erase_batch
-from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix
+from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, RandomMix
 from fastai_mixaug.show import mix_titles
 import fastai_mixaug.learner  # noqa: F401  (the one-liners)
 from mixaug_helpers import drive, constants
@@ -88,9 +88,9 @@ def test_cutmixup_switch_prob_and_p_are_per_sample_rates():
     on = prm.lam < 1
     assert 0.5 < on.float().mean() < 0.7
     assert 0.65 < prm.cut[on].float().mean() < 0.85                   # 1 - switch_prob of the mixed samples are pasted
-    for s in range(8):                                                 # mode='batch': one op and one λ for the batch
+    for s in range(8):                                                 # mode='batch': one op (RandomMix's `which`) and one λ for the batch
         pb = CutMixUp(mode='batch', seed=s).draw(constants(8, 1, 8, 8))
-        assert (pb.cut == pb.cut[0]).all() and (pb.lam == pb.lam[0]).all()
+        assert (pb.which == pb.which[0]).all() and (pb.lam == pb.lam[0]).all()
 
 
 def test_cutmixup_fit_never_writes_the_dataloader_batch():
@@ -484,10 +484,10 @@ def test_seeded_callbacks_leave_the_global_rng_alone(cls):
 
 def test_seed_offset_by_rank(monkeypatch):
     x = torch.randn(8, 3, 8, 8)
-    ref = lambda s: sample_mix(8, (8, 8), .4, 1., .5, generator=torch.Generator().manual_seed(s))
+    ref = lambda s: sample_mix(8, (8, 8), .4, 1., 0., generator=torch.Generator().manual_seed(s))  # CutMix's draw
     for rank in [0, 2]:
         monkeypatch.setenv('RANK', str(rank))
-        prm = CutMixUp(seed=5).draw(x)
+        prm = CutMix(seed=5).draw(x)
         for a, b in zip(prm, ref(5 + rank)): eq(a, b)
         lo, hi = Cutout(length=3, seed=5).draw(x)
         rlo, rhi = sample_holes(8, (8, 8), 1, 3, generator=torch.Generator().manual_seed(5 + rank))
@@ -495,6 +495,10 @@ def test_seed_offset_by_rank(monkeypatch):
     monkeypatch.setenv('RANK', '0'); p0 = CutMixUp(seed=5).draw(x)
     monkeypatch.setenv('RANK', '1'); p1 = CutMixUp(seed=5).draw(x)
     assert not (torch.equal(p0.perm, p1.perm) and torch.equal(p0.lam, p1.lam))
+    x = torch.randn(64, 3, 8, 8)                                       # RandomMix's host draw (which mix) too
+    monkeypatch.setenv('RANK', '0'); w0 = RandomMix(seed=5).draw(x).which
+    monkeypatch.setenv('RANK', '1'); w1 = RandomMix(seed=5).draw(x).which
+    assert not torch.equal(torch.bincount(w0 + 1, minlength=5), torch.bincount(w1 + 1, minlength=5))
 
 
 @pytest.mark.cuda

@@ -146,7 +146,7 @@ def test_two_mixing_callbacks_refused_at_fit_start_learner_unchanged(dls, pair):
     for a in pair: getattr(learn, a)()
     learn.cutout()                                                  # Cutout combines with any mixer: not the problem
     cbs, w = list(learn.cbs), params(learn.model)
-    with pytest.raises(ValueError, match='CutMixUp'): quiet_fit(learn)
+    with pytest.raises(ValueError, match='use RandomMix'): quiet_fit(learn)
     assert same_cbs(learn.cbs, cbs)
     assert learn.loss_func is lf and lf.reduction == 'mean'
     assert same_params(w, params(learn.model))                      # nothing trained
