@@ -15,7 +15,7 @@ __all__ = ['AUGS', 'MODELS', 'N_TRAIN', 'N_TRAIN_DEFAULT', 'EPOCHS_DEFAULT', 'AU
            'summarise', 'results_md', 'findings', 'parser', 'check_out', 'main']
 
 # %% ../nbs/05_cli.ipynb #57d5a912
-AUGS = ('none', 'mixup', 'cutmix', 'cutout', 'cutmixup', 'fmix', 'resizemix', 'manifold_mixup') # augmentations by the name of their one-liner (`learn.mixup()`), in the tables' order
+AUGS = ('none', 'mixup', 'cutmix', 'cutout', 'cutmixup', 'fmix', 'resizemix', 'manifold_mixup', 'randommix') # augmentations by the name of their one-liner (`learn.mixup()`), in the tables' order
 MODELS = ('small_cnn', 'xresnet18') # what `--model` accepts
 N_TRAIN = 4000 # MNIST-5k's training images (the last 1,000 of the 5,000 are the validation set)
 N_TRAIN_DEFAULT, EPOCHS_DEFAULT = 1000, 30 # the main command's default run: a small training set, a long schedule
