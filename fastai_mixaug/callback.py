@@ -5,6 +5,7 @@
 # %% ../nbs/01_callback.ipynb #e770a188
 from __future__ import annotations
 import math, numbers
+from contextlib import contextmanager
 import torch
 from torch import Tensor
 from fastcore.basics import store_attr, class2attr, patch
@@ -49,6 +50,21 @@ class MixAugCallback(Callback):
         self.__dict__.update(kw)
 
     def _pct(self): return float(getattr(self.learn, 'pct_train', 0.) or 0.)
+
+    @contextmanager
+    def preview(self):
+        "Run this callback's batch events by hand inside (`show_mix_batch`): on exit the batch is forgotten and its RNGs are where they were"
+        gens = {k: getattr(self, k, None) for k in ('_gen', '_cpu_gen')}
+        states = {k: None if g is None else g.get_state() for k, g in gens.items()}
+        try: yield self
+        finally:
+            self.forget_batch()
+            for k, g in gens.items():
+                self._set(**{k: g})
+                if g is not None: g.set_state(states[k])
+
+    def forget_batch(self):
+        "Drop what this callback holds for the current batch"
 
     def _off(self):
         "Whether `off_last` switches the augmentation off for this batch"
@@ -96,6 +112,16 @@ class MixCallback(MixAugCallback):
         self.mix_target = check_choice(mix_target, 'mix_target', ('auto', 'loss', 'label'))
         self._yb1 = self._lam = self._prm = self._sites = self._site = self._cpu_gen = self._model = None
         self._handles, self._fired, self._checked, self._probed, self._loss_ok = [], False, False, False, False
+
+    @property
+    def drawn(self) -> MixParams|None:
+        "This batch's draw, as applied (`None` when the batch is not mixed)"
+        return self._prm
+
+    @property
+    def mixed_site(self) -> Site|None:
+        "The hidden state this batch is mixed at, armed for the forward pass (`None`: the inputs are mixed, or nothing)"
+        return self._site if self._prm is not None and self._handles else None
 
     def params(self, pct:float) -> dict:
         "This batch's keyword arguments for `sample`, schedules evaluated at `pct` (the share of training done); the mix is off for a batch where all those ending in `alpha` are 0"
@@ -207,7 +233,11 @@ class MixCallback(MixAugCallback):
         learn.loss_grad = mix_loss(learn.loss_func, learn.pred, learn.yb, self._yb1, self._lam)
         learn.loss = learn.loss_grad.clone()
 
-    def after_batch(self): self._disarm(); self._set(_yb1=None, _lam=None, _prm=None)
+    def forget_batch(self):
+        "Remove this batch's hooks and drop its draw and mixed targets"
+        self._disarm(); self._set(_yb1=None, _lam=None, _prm=None)
+
+    def after_batch(self): self.forget_batch()
     def after_cancel_batch(self): self._disarm()
     def after_fit(self): self._disarm()
     def after_cancel_fit(self): self._disarm()

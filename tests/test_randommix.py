@@ -166,3 +166,24 @@ def test_one_liner_and_exports():
     assert len([c for c in learn.cbs if isinstance(c, MixCallback)]) == 1      # replaced, not added
     import fastai_mixaug.all as A
     assert A.RandomMix is RandomMix
+
+def test_show_mix_batch_names_each_samples_mix():
+    "Titles like 'ResizeMix 0.81 3 / 0.19 8'; looking at a batch changes nothing (the callback's RNG is restored)"
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from fastai.data.core import Datasets
+    from fastai_mixaug.show import mix_titles
+    dls = Datasets(range(32), [[lambda i: torch.rand(3, 16, 16)], [lambda i: torch.tensor(i % 3)]],
+                   splits=[range(24), range(24, 32)]).dataloaders(bs=16)
+    learn = Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(768, 3)), loss_func=nn.CrossEntropyLoss()).randommix(seed=0)
+    plt.close('all')
+    xb, yb = learn.show_mix_batch(n=16)
+    titles = [ax.get_title() for ax in plt.gcf().axes]
+    prm = RandomMix(seed=0).draw(xb[0])                                          # the same first draw of the seeded generators
+    names = ['MixUp', 'CutMix', 'FMix', 'ResizeMix']
+    want = [f"{names[k]} {t}" if l < .995 else t for k, l, t in zip(prm.which.tolist(), prm.lam.tolist(),
+                                                                    mix_titles(yb[0], None, prm.lam, yb[0][prm.perm]))]
+    assert titles == want and {t.split()[0] for t in titles} >= set(names)
+    xb2, _ = learn.show_mix_batch(n=16, show=False)
+    assert torch.equal(xb[0], xb2[0])
+    plt.close('all')
