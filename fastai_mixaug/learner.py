@@ -10,7 +10,7 @@ from fastai.learner import Learner
 from .callback import *
 
 # %% auto #0
-__all__ = []
+__all__ = ['MIXAUGS', 'add_mixaug']
 
 # %% ../nbs/02_learner.ipynb #1446170d
 def _set_cb(learn:Learner, cb:MixAugCallback) -> Learner:
@@ -70,6 +70,26 @@ def manifold_mixup(self:Learner, alpha:float=2., modules:list|None=None, **kwarg
 def remove_mixaug(self:Learner) -> Learner:
     "Remove every fastai_mixaug callback; return the learner"
     return self.remove_cbs([c for c in self.cbs if isinstance(c, MixAugCallback)])
+
+MIXAUGS = {'mixup': MixUp, 'cutmix': CutMix, 'cutout': Cutout, 'cutmixup': CutMixUp, 'fmix': FMix, 'resizemix': ResizeMix,
+           'manifold_mixup': ManifoldMixUp, 'randommix': RandomMix}  # every augmentation, by the name of its one-liner (`learn.mixup()`)
+_ADDED = set()                                                     # the names `add_mixaug` gave (they may be given again)
+
+def add_mixaug(
+    name:str, # the one-liner's name: `learn.<name>(*args, **kwargs)` takes `cls`'s arguments
+    cls:type, # the callback: a `MixCallback` subclass for a mix of your own (a `MixAugCallback` for anything else)
+) -> type: # `cls`
+    "Make `cls` an augmentation like the others: a one-liner that adds (or replaces) it, and an entry in `MIXAUGS`"
+    if not (isinstance(cls, type) and issubclass(cls, MixAugCallback)):
+        raise TypeError(f"`cls` must be a MixAugCallback subclass (MixCallback for a mix), got {cls!r}")
+    if not (isinstance(name, str) and name.isidentifier()): raise ValueError(f"`name` must be a Python identifier (the one-liner's), got {name!r}")
+    if hasattr(Learner, name) and name not in _ADDED: raise ValueError(f"`name` {name!r} is taken: Learner.{name} exists already")
+    def one_liner(self:Learner, *args, **kwargs) -> Learner: return _set_cb(self, cls(*args, **kwargs))
+    one_liner.__name__ = one_liner.__qualname__ = name
+    one_liner.__doc__ = f"Add (or replace) a `{cls.__name__}` callback; return the learner"
+    setattr(Learner, name, one_liner)
+    MIXAUGS[name] = cls; _ADDED.add(name)
+    return cls
 
 # %% ../nbs/02_learner.ipynb #72f0af07
 _fastai_export = getattr(Learner.export, '_fastai_export', Learner.export)
