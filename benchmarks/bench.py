@@ -24,12 +24,13 @@ from fastai.losses import CrossEntropyLossFlat
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout, whatever is pip-installed
 import fastai_mixaug
 from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, RandomMix
+from fastai_mixaug.learner import MIXAUGS
 
-OPS = ('mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'randommix')
-OURS = {'mixup': MixUp, 'cutmix': CutMix, 'cutmixup': CutMixUp, 'cutout': Cutout, 'fmix': FMix, 'resizemix': ResizeMix, 'randommix': RandomMix}
+FIT_ONLY = ['manifold_mixup']  # mixes inside the forward pass (a hook): timed end to end only, next to MixUp on the same model
+OURS = {k: v for k, v in MIXAUGS.items() if k not in FIT_ONLY}  # the library's one list, by one-liner name
+OPS = tuple(OURS)
 VS_CUTMIX = {'fmix': 1.5, 'resizemix': 1.5}  # the issue's targets: ours ÷ our CutMix, same mode, per batch
 VS_MEMBERS = {'randommix': .75}  # issue 18: RandomMix (its four default mixes, per sample) ÷ those four callbacks run one after the other
-FIT_ONLY = ['manifold_mixup']  # mixes inside the forward pass (a hook): timed end to end only, next to MixUp on the same model
 SYNC_OPS = ('aten::_local_scalar_dense', 'aten::item', 'aten::is_nonzero', 'aten::nonzero', 'aten::masked_select',
             'aten::_unique', 'aten::_unique2', 'aten::unique_consecutive', 'aten::unique_dim', 'aten::repeat_interleave')
 

@@ -5,9 +5,9 @@ from fastai.losses import (CrossEntropyLossFlat, LabelSmoothingCrossEntropy, Lab
                            BCEWithLogitsLossFlat, MSELossFlat)
 from fastai_mixaug.core import box_mask
 from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, RandomMix
-from helpers import one_thread, seeded, step  # noqa: F401 (one_thread, seeded: autouse fixtures)
+from helpers import one_thread, seeded, step, INPUT_MIXERS  # noqa: F401 (one_thread, seeded: autouse fixtures)
 
-MIXERS = [MixUp, CutMix, CutMixUp, FMix, ResizeMix, RandomMix]
+MIXERS = INPUT_MIXERS                                # MixUp, CutMix, CutMixUp, FMix, ResizeMix, RandomMix
 ids = lambda c: c.__name__
 
 
