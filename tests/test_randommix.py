@@ -43,8 +43,10 @@ def test_each_sample_is_mixed_exactly_as_its_mix_would(shape, seed):
     assert torch.equal(yo, y) and torch.equal(y1, y[prm.perm]) and torch.equal(lam, prm.lam)  # classes: the loss is mixed
     assert not torch.equal(out, x)
 
-def test_float_targets_mixed_with_each_samples_lam():
-    x, y = torch.randn(24, 3, 12, 12), torch.rand(24, 6)
+@pytest.mark.parametrize('ydim', [6, 1], ids=['multilabel', 'regression'])
+@pytest.mark.parametrize('shape', list(SHAPES.values()), ids=list(SHAPES))
+def test_float_targets_mixed_with_each_samples_lam(shape, ydim):
+    x, y = torch.randn(24, *shape), torch.rand(24, ydim)
     prm = RandomMix(seed=2).draw(x)
     _, (yo,), yb1, lam = mix_batch((x,), (y,), prm)
     assert yb1 is None and lam is None
