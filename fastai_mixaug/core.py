@@ -14,10 +14,10 @@ from torch import Tensor
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['check_prob', 'check_alpha', 'check_choice', 'sched_value', 'sample_beta', 'sample_boxes', 'box_area', 'box_mask',
-           'MixParams', 'sample_mix', 'join_draws', 'sample_holes', 'mix_weight', 'mix_input', 'paste_resized',
-           'target_kind', 'mix_label', 'mix_targets', 'mix_batch', 'mix_hidden', 'loss_reduction', 'per_sample',
-           'reduce_loss', 'mix_loss', 'erase', 'erase_batch']
+__all__ = ['check_prob', 'check_alpha', 'check_choice', 'sched_value', 'sample_beta', 'sample_boxes', 'box_area', 'kept_share',
+           'over_batch', 'box_mask', 'MixParams', 'sample_mix', 'join_draws', 'sample_holes', 'mix_weight', 'mix_input',
+           'paste_resized', 'target_kind', 'mix_label', 'mix_targets', 'mix_batch', 'mix_hidden', 'loss_reduction',
+           'per_sample', 'reduce_loss', 'mix_loss', 'erase', 'erase_batch']
 
 # %% ../nbs/00_core.ipynb #9dcd863b
 def _is_num(v): return type(v) in (float, int) or (isinstance(v, numbers.Real) and not isinstance(v, bool))
@@ -102,12 +102,18 @@ def box_area(lo:Tensor, hi:Tensor) -> Tensor:
     "Number of pixels in each box: the product of its sides"
     return (hi - lo).prod(-1)
 
-def _kept_share(covered:Tensor, spatial:tuple) -> Tensor:
+def kept_share(
+    covered:Tensor, # (n,) number of each sample's pixels that are its partner's (`box_area`, or a mask's count)
+    spatial:tuple, # spatial shape of the data
+) -> Tensor: # (n,) float32: λ, the share of its own pixels each sample keeps
     "λ exactly: the share of the pixels of `spatial` a sample keeps when `covered` of them are its partner's"
     npx = math.prod(spatial)
     return torch.div(torch.rsub(covered, npx), npx)
 
-def _over_batch(bs:int, *ts) -> tuple:
+def over_batch(
+    bs:int, # batch size
+    *ts, # tensors of one draw: one row each in 'batch' mode (expanded, a view), `bs` rows in 'elem' mode (left as they are), or `None`
+) -> tuple:
     "Each tensor of a 'batch' mode draw (one row) expanded over the batch; `None`s stay"
     return tuple(t if t is None or t.shape[0] == bs else t.expand(bs, *t.shape[1:]) for t in ts)
 
@@ -197,12 +203,12 @@ def sample_mix(
         if len(spatial) > 1: area = area.pow(1 / len(spatial)) # side ratio: area over nd dims
         size = area.unsqueeze(1).mul(_grid(spatial, area.device)[1]).round_().long()
         lo, hi = sample_boxes(size, spatial, generator, u.narrow(1, len(cols), nc))
-        kept = _kept_share(box_area(lo, hi), spatial)          # exactly the share of pixels kept (1 for empty boxes)
+        kept = kept_share(box_area(lo, hi), spatial)          # exactly the share of pixels kept (1 for empty boxes)
         if cut is None: lam, cut = kept, (torch.ones_like(kept, dtype=torch.bool) if keep is None else ~keep)
         else:
             lam = torch.where(cut, kept, lam)
             if keep is not None: cut = cut & ~keep
-    return MixParams(perm, *_over_batch(bs, lam, cut, lo, hi), spatial, blend)
+    return MixParams(perm, *over_batch(bs, lam, cut, lo, hi), spatial, blend)
 
 def join_draws(
     perm:Tensor, # (bs,) long: the partner of each sample
@@ -252,7 +258,7 @@ def sample_holes(
     u = torch.rand(n, 1 + n_holes * nd, device=device, generator=generator)  # one `rand`: whether a sample has holes, centres
     size = u.select(1, 0).lt(p).mul(length).view(n, 1, 1).expand(n, n_holes, nd)
     lo, hi = sample_boxes(size, tuple(spatial), generator, u.narrow(1, 1, n_holes * nd).view(n, n_holes, nd))
-    return _over_batch(bs, lo, hi)
+    return over_batch(bs, lo, hi)
 
 # %% ../nbs/00_core.ipynb #960f61c3
 def _plain(t):

@@ -15,7 +15,7 @@ from torch import Tensor
 __all__ = ['fmix_masks', 'check_decay_power', 'sample_fmix', 'check_scale', 'sample_resizemix']
 
 # %% ../nbs/00a_masks.ipynb #455b15a2
-from .core import MixParams, sample_beta, sample_boxes, box_area, _grid, _is_num, _kept_share, _over_batch
+from .core import MixParams, sample_beta, sample_boxes, box_area, _grid, _is_num, kept_share, over_batch
 
 # %% ../nbs/00a_masks.ipynb #10346902
 @lru_cache(maxsize=32)
@@ -77,8 +77,8 @@ def sample_fmix(
         cut = torch.rand(n, device=device, generator=generator) < p
         lam = lam.masked_fill(~cut, 1.)                      # left alone: all its own pixels
     mask = fmix_masks(lam, spatial, decay_power, generator)
-    lam = _kept_share(mask.view(n, -1).sum(1), spatial)    # exactly the share of pixels kept
-    lam, cut, mask = _over_batch(bs, lam, cut, mask)
+    lam = kept_share(mask.view(n, -1).sum(1), spatial)    # exactly the share of pixels kept
+    lam, cut, mask = over_batch(bs, lam, cut, mask)
     return MixParams(perm, lam, cut, None, None, spatial, blend=False, mask=mask)
 
 # %% ../nbs/00a_masks.ipynb #6dc6d859
@@ -113,5 +113,5 @@ def sample_resizemix(
     if n == bs: cut = cut & (perm != (torch.arange(bs, device=perm.device) if rows is None else rows))  # paired with itself: a mix with itself is no change
     size = size.masked_fill(~cut.unsqueeze(1), 0)
     lo, hi = sample_boxes(size, spatial, u=u.narrow(1, 1, nd), inside=True)  # uniform over the positions inside the image
-    lam = _kept_share(box_area(lo, hi), spatial)           # exactly the share of pixels kept
-    return MixParams(perm, *_over_batch(bs, lam, cut, lo, hi), spatial, blend=False, resize=True)
+    lam = kept_share(box_area(lo, hi), spatial)           # exactly the share of pixels kept
+    return MixParams(perm, *over_batch(bs, lam, cut, lo, hi), spatial, blend=False, resize=True)
