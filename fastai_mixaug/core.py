@@ -579,14 +579,17 @@ def mix_loss(
     t0, l0, l1, bs = ls[0], _plain(ls[0]), _plain(ls[1]), lam.shape[0]
     if l0.ndim == 0 or l0.numel() % bs:
         raise ValueError(f"with reduction='none', loss_func returned shape {tuple(l0.shape)}, not per-sample losses for bs={bs}")
+    lw = lam                                                    # (float32, as the target weights below)
     if lam.dtype != l0.dtype: lam = lam.to(l0.dtype)
     if l0.ndim == 1 and l0.shape[0] == bs: l = torch.lerp(l1, l0, lam)  # one loss per sample
     else: l = torch.lerp(l1.reshape(bs, -1), l0.reshape(bs, -1), lam.unsqueeze(1)).view(l0.shape)  # per pixel: its sample's λ
     w0, w1 = _mean_weights(loss_func, yb), _mean_weights(loss_func, yb1)
     if red != 'mean' or w0 is None or w0.numel() != l.numel(): return _retype(reduce_loss(l, red), t0)
-    # PyTorch's weighted mean, mixed: Σ mixed losses / Σ mixed target weights (see the text above)
-    if l0.ndim == 1 and l0.shape[0] == bs: return _retype(l.sum() / torch.lerp(w1, w0, lam).sum(), t0)
-    return _retype(l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lam.unsqueeze(1)).sum(), t0)
+    # PyTorch's weighted mean, mixed: Σ mixed losses / Σ mixed target weights (see the text above), in the loss's dtype
+    if lw.dtype != w0.dtype: lw = lw.to(w0.dtype)
+    if l0.ndim == 1 and l0.shape[0] == bs: r = l.sum() / torch.lerp(w1, w0, lw).sum()
+    else: r = l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lw.unsqueeze(1)).sum()
+    return _retype(r if r.dtype == l.dtype else r.to(l.dtype), t0)
 
 def _ce_losses(loss_func, pred, yb, yb1) -> tuple|None:
     "Per-sample `F.cross_entropy` of `pred` against `yb` and `yb1`, one `log_softmax` shared, when `loss_func` is exactly torch's or fastai's cross-entropy on class indices; else `None`"

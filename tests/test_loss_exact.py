@@ -103,3 +103,12 @@ def test_weighted_mean_between_the_limits():
     l = lambda t: F.cross_entropy(pred, t, weight=W, reduction='none')   # already w(y)·l(y), 0 where ignored
     want = (lam * l(y) + (1 - lam) * l(y1)).sum() / (lam * wt(y) + (1 - lam) * wt(y1)).sum()
     assert_close(mix_loss(lf, pred, (y,), (y1,), lam), want)
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_half_predictions_keep_the_losss_dtype(dtype):
+    "Half-precision logits (fp16/bf16 training): the mean over the kept targets, in the loss's own dtype"
+    pred, y = _cls()
+    pred, lf = pred.to(dtype), nn.CrossEntropyLoss()
+    got = mix_loss(lf, pred, (y,), (y[torch.randperm(BS)],), torch.ones(BS))
+    assert got.dtype == dtype
+    assert_close(got, lf(pred, y))
