@@ -23,12 +23,14 @@ from fastai.test_utils import synth_dbunch
 from fastai.losses import CrossEntropyLossFlat
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout, whatever is pip-installed
 import fastai_mixaug
-from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix
+from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, RandomMix
+from fastai_mixaug.learner import MIXAUGS
 
-OPS = ('mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix')
-OURS = {'mixup': MixUp, 'cutmix': CutMix, 'cutmixup': CutMixUp, 'cutout': Cutout, 'fmix': FMix, 'resizemix': ResizeMix}
-VS_CUTMIX = {'fmix': 1.5, 'resizemix': 1.5}  # the issue's targets: ours ÷ our CutMix, same mode, per batch
 FIT_ONLY = ['manifold_mixup']  # mixes inside the forward pass (a hook): timed end to end only, next to MixUp on the same model
+OURS = {k: v for k, v in MIXAUGS.items() if k not in FIT_ONLY}  # the library's one list, by one-liner name
+OPS = tuple(OURS)
+VS_CUTMIX = {'fmix': 1.5, 'resizemix': 1.5}  # the issue's targets: ours ÷ our CutMix, same mode, per batch
+VS_MEMBERS = {'randommix': .75}  # issue 18: RandomMix (its four default mixes, per sample) ÷ those four callbacks run one after the other
 SYNC_OPS = ('aten::_local_scalar_dense', 'aten::item', 'aten::is_nonzero', 'aten::nonzero', 'aten::masked_select',
             'aten::_unique', 'aten::_unique2', 'aten::unique_consecutive', 'aten::unique_dim', 'aten::repeat_interleave')
 
@@ -49,15 +51,27 @@ def _learner(cb, loss_func=None):
     learn.training = True
     return learn
 
-def ours(op, mode, lib='ours'):
+def ours(op, mode, lib='ours', seed=None):
     "Our callback's own `before_batch` (the real library code), called directly on a Learner that carries it"
     def setup(x, y):
-        cb = OURS[op](mode=mode)
+        cb = OURS[op](mode=mode, seed=seed)
         learn = _learner(cb)
         def prep(): learn.xb, learn.yb = (x,), (y,)
         return prep, cb.before_batch
     return Impl(f'fastai_mixaug {op} ({mode})', lib, 'per-sample' if mode == 'elem' else 'per-batch', setup,
                 note='' if lib == 'ours' else 'reference: our CutMix, timed in the same loop')
+
+def members_in_a_row(op:str):
+    "The mixes of RandomMix at their defaults (MixUp, CutMix, FMix, ResizeMix), each a callback of its own on the batch, one after the other"
+    def setup(x, y):
+        pairs = [(lambda cb: (_learner(cb), cb))(type(m)(mode='elem')) for m in OURS[op]().mixers]
+        def prep():
+            for learn, _ in pairs: learn.xb, learn.yb = (x,), (y,)
+        def run():
+            for _, cb in pairs: cb.before_batch()
+        return prep, run
+    return Impl('its four mixes, one after the other (elem)', 'members', 'per-sample', setup,
+                note='reference: MixUp, CutMix, FMix and ResizeMix callbacks in a row, timed in the same loop')
 
 def floor():
     "The physical floor: one `torch.lerp(x[perm], x, w)` over the batch (perm and w drawn beforehand)"
@@ -173,6 +187,7 @@ def impls_for(op:str) -> list[Impl]:
     if op == 'cutmixup': res += [*both(timm_mixup, op, 'elem'), *both(timm_mixup, op, 'batch'), tv(op)]
     if op == 'cutout': res += [*both(timm_erasing), kornia(op), *both(fastai_erasing), tv(op), kornia(op, True)]
     if op in VS_CUTMIX: res += [ours('cutmix', 'elem', 'cutmix'), ours('cutmix', 'batch', 'cutmix')]  # no peer library has them
+    if op in VS_MEMBERS: res += [members_in_a_row(op)]
     return res
 
 # ---------------------------------------------------------------------------------------------------------------- measuring
@@ -237,12 +252,15 @@ def count_ops(fn) -> tuple[int, dict, list]:
     for n in names: by[n] = by.get(n, 0) + 1
     return len(names), by, sorted({n for n in names if n in SYNC_OPS})
 
-def structure_check(op:str, mode:str, bss=(4, 32), shape=(3, 16, 16), device='cpu') -> dict:
+def structure_check(op:str, mode:str, bss=None, shape=(3, 16, 16), device='cpu') -> dict:
     "Our `before_batch` at two batch sizes: the same number of torch ops (no Python loop over samples), and no host-sync op"
-    res = {}
+    # RandomMix (and CutMixUp): its ops depend on which mixes drew samples: seeded, the same mix per batch at both sizes; and
+    # at 32 and 256, not 4 and 32 (a batch of 4 often leaves a mix without a sample, and so without its ops)
+    rand = issubclass(OURS[op], RandomMix)
+    bss, res = bss or ((32, 256) if rand else (4, 32)), {}
     for bs in bss:
         x, y = torch.randn(bs, *shape, device=device), torch.randint(0, 10, (bs,), device=device)
-        prep, run = ours(op, mode).setup(x, y)
+        prep, run = ours(op, mode, seed=0 if rand else None).setup(x, y)
         prep(); run(); prep()
         n, by, syncs = count_ops(run)
         res[bs] = (n, by, syncs)
@@ -384,7 +402,11 @@ def targets(rows, structure, syncs, fits) -> list[tuple]:
             worst = max(rs, key=lambda r: r[col])
             out.append((f"{op} {mode} ≤ {lim:g}× our CutMix {mode} (float32)", ', '.join(f"{r['shape']} {r[col]:.2f}" for r in rs),
                         worst[col] <= lim))
-    allpeers = [r for r in rows if r['lib'] not in ('ours', 'floor', 'ref', 'cutmix') and not r['error']]
+    for op, lim in VS_MEMBERS.items():
+        rs = [r for r in rows if r['op'] == op and r['lib'] == 'members' and r['dtype'] == 'float32' and not r['error']]
+        if rs: out.append((f"{op} per-sample ≤ {lim:g}× its four mixes one after the other (float32)",
+                           ', '.join(f"{r['shape']} {r['ours_elem_over']:.2f}" for r in rs), all(r['ours_elem_over'] <= lim for r in rs)))
+    allpeers = [r for r in rows if r['lib'] not in ('ours', 'floor', 'ref', 'cutmix', 'members') and not r['error']]
     peers = [r for r in allpeers if not r['inplace']]   # the same work as ours: in-place peers with the copy they skip
     for mode, col, lim, what in (('per-sample', 'ours_elem_over', 1., 'per-sample ops faster than every per-sample peer'),
                                  ('per-batch', 'ours_batch_over', 1.1, 'per-batch ops within 1.1× of every per-batch peer'),

@@ -5,6 +5,7 @@
 # %% ../nbs/01_callback.ipynb #e770a188
 from __future__ import annotations
 import math, numbers
+from contextlib import contextmanager
 import torch
 from torch import Tensor
 from fastcore.basics import store_attr, class2attr, patch
@@ -17,7 +18,8 @@ from .masks import sample_fmix, sample_resizemix, check_scale, check_decay_power
 from .hidden import Site, hidden_sites, find_sites, representation_site, _compiled, _recompile
 
 # %% auto #0
-__all__ = ['MixAugCallback', 'MixCallback', 'MixUp', 'CutMix', 'CutMixUp', 'FMix', 'ResizeMix', 'ManifoldMixUp', 'Cutout']
+__all__ = ['MixAugCallback', 'MixCallback', 'MixUp', 'CutMix', 'FMix', 'ResizeMix', 'ManifoldMixUp', 'Cutout', 'RandomMix',
+           'CutMixUp']
 
 # %% ../nbs/01_callback.ipynb #62e5bebc
 def _check_off_last(v):
@@ -49,6 +51,21 @@ class MixAugCallback(Callback):
 
     def _pct(self): return float(getattr(self.learn, 'pct_train', 0.) or 0.)
 
+    @contextmanager
+    def preview(self):
+        "Run this callback's batch events by hand inside (`show_mix_batch`): on exit the batch is forgotten and its RNGs are where they were"
+        gens = {k: getattr(self, k, None) for k in ('_gen', '_cpu_gen')}
+        states = {k: None if g is None else g.get_state() for k, g in gens.items()}
+        try: yield self
+        finally:
+            self.forget_batch()
+            for k, g in gens.items():
+                self._set(**{k: g})
+                if g is not None: g.set_state(states[k])
+
+    def forget_batch(self):
+        "Drop what this callback holds for the current batch"
+
     def _off(self):
         "Whether `off_last` switches the augmentation off for this batch"
         if not self.off_last: return False
@@ -78,9 +95,18 @@ class MixAugCallback(Callback):
         return tuple(x.shape[2:])
 
 # %% ../nbs/01_callback.ipynb #9aa92dd4
+def _alpha_off(kw:dict) -> bool:
+    "Whether a mix is off for this batch: it has keywords ending in `alpha`, and all of them are 0 (a schedule that reached 0)"
+    alphas = [v for k, v in kw.items() if k.endswith('alpha')]
+    return bool(alphas) and all(v == 0 for v in alphas)
+
+def _alpha_on(kw:dict) -> dict:
+    "`kw` with its zero `*alpha` given as 1e-6, for a draw that mixes nothing (p=0) but must be valid (Beta needs α > 0)"
+    return {k: (1e-6 if k.endswith('alpha') and v == 0 else v) for k, v in kw.items()}
+
 class MixCallback(MixAugCallback):
     "Base of the mixing callbacks: mixes `xb` (or a hidden state) and `yb` in `before_batch`, and the loss in `after_loss` when needed"
-    order = 1
+    order, blends = 1, False                                   # blends: whether the mix blends samples (then integer inputs cannot be mixed)
     def __init__(self, p=1., mode='elem', mix_target='auto', seed=None, off_last=None):
         super().__init__(p, mode, seed, off_last)
         self.mix_target = check_choice(mix_target, 'mix_target', ('auto', 'loss', 'label'))
@@ -88,15 +114,32 @@ class MixCallback(MixAugCallback):
         self._handles, self._fit_handles, self._fired, self._checked, self._probed, self._loss_ok = [], [], False, False, False, False
         self._armed = self._probing = self._compiled = False
 
-    def _params(self, pct:float) -> dict: raise NotImplementedError  # this batch's sampler arguments (schedules evaluated)
-    def _sample(self, x:Tensor, p:float, **kw) -> MixParams: raise NotImplementedError  # one draw for input `x`
-    def _where(self, model) -> list[Site]|None: return None  # where to mix: `None` for the inputs `xb`, else hidden states
+    @property
+    def drawn(self) -> MixParams|None:
+        "This batch's draw, as applied (`None` when the batch is not mixed)"
+        return self._prm
+
+    @property
+    def mixed_site(self) -> Site|None:
+        "The hidden state this batch is mixed at, armed for the forward pass (`None`: the inputs are mixed, or nothing)"
+        return self._site if self._prm is not None and self._armed else None
+
+    def params(self, pct:float) -> dict:
+        "This batch's keyword arguments for `sample`, schedules evaluated at `pct` (the share of training done); the mix is off for a batch where all those ending in `alpha` are 0"
+        return {}
+    def sample(self, x:Tensor, p:float, mode:str='elem', generator:torch.Generator|None=None,
+               perm:Tensor|None=None, rows:Tensor|None=None, **params) -> MixParams:
+        "One draw for the batch `x` (its shape and device): `MixParams`; with `perm` (and `rows`), for the `perm.shape[0]` samples of `x` at `rows` only, partnered with `perm` (RandomMix)"
+        raise NotImplementedError(f"{type(self).__name__} must define `sample` (see 'Add your own mix' in the docs)")
+    def mix_sites(self, model) -> list[Site]|None:
+        "Where to mix: `None` for the inputs `xb`, else the hidden states of `model` (one drawn per batch)"
+        return None
 
     def before_fit(self):
         "Refuse a second mixing callback, and find where to mix, before anything runs"
         others = [type(cb).__name__ for cb in self.learn.cbs if isinstance(cb, MixCallback) and cb is not self]
         if others: raise ValueError(f"{type(self).__name__} cannot run with {', '.join(others)} on one learner: "
-                                    "to combine MixUp and CutMix use CutMixUp (`learn.cutmixup()`)")
+                                    "to combine mixes, one drawn per sample, use RandomMix (`learn.randommix(mixers=[...])`)")
         self._disarm(); self._unhook()
         self._locate()
         self._checked = self._probed = self._loss_ok = False
@@ -104,18 +147,17 @@ class MixCallback(MixAugCallback):
     def _locate(self):
         "Find where to mix in the learner's model (again only if the model changed)"
         if self._fit_handles: self._unhook()
-        self._set(_sites=self._where(self.learn.model), _model=self.learn.model, _compiled=_compiled(self.learn.model))
+        self._set(_sites=self.mix_sites(self.learn.model), _model=self.learn.model, _compiled=_compiled(self.learn.model))
 
     def draw(self, x:Tensor, force:bool=False) -> MixParams|None:
         "Sample this batch's parameters for input `x` (`None` when the augmentation is off for this batch, unless `force`)"
         pct = self._pct()
         p = sched_value(self.p, pct, 'p', 0., 1.)
-        kw = self._params(pct)
-        alphas = [v for k, v in kw.items() if k.endswith('alpha')]
-        off = p == 0 or self._off() or (bool(alphas) and all(v == 0 for v in alphas))  # α=0 from a schedule: off
+        kw = self.params(pct)
+        off = p == 0 or self._off() or _alpha_off(kw)
         if off and not force: return None
-        if off: p = 0.
-        return self._sample(x, p, **{k: (max(v, 1e-6) if k.endswith('alpha') else v) for k, v in kw.items()})
+        if off: p, kw = 0., _alpha_on(kw)                          # the check draw of an off batch: it mixes nothing (p=0)
+        return self.sample(x, p, self.mode, self._rng(x.device), **kw)
 
     def before_batch(self):
         "Mix the inputs (or arm the hidden-state hook) and the targets of this training batch"
@@ -160,8 +202,13 @@ class MixCallback(MixAugCallback):
         "Index of the site for this batch, uniform; drawn on the CPU (no device sync), from `seed + rank` with `seed`"
         n = len(self._sites)
         if n == 1: return 0
+        return int(torch.randint(n, (), generator=self._host_rng()))
+
+    def _host_rng(self, generator:torch.Generator|None=None) -> torch.Generator|None:
+        "The RNG of draws made on the host: `generator` if it is a CPU one, else the callback's CPU generator (`seed + rank`), or torch's global RNG"
+        if generator is not None and generator.device.type == 'cpu': return generator
         if self.seed is not None and self._cpu_gen is None: self._set(_cpu_gen=torch.Generator().manual_seed(self.seed + rank_distrib()))
-        return int(torch.randint(n, (), generator=self._cpu_gen))
+        return self._cpu_gen
 
     def _disarm(self):
         "Remove this batch's hooks (a compiled model's stay for the fit, switched off): the model is left with exactly the hooks it had"
@@ -204,20 +251,37 @@ class MixCallback(MixAugCallback):
         learn.loss_grad = mix_loss(learn.loss_func, learn.pred, learn.yb, self._yb1, self._lam)
         learn.loss = learn.loss_grad.clone()
 
-    def after_batch(self): self._disarm(); self._set(_yb1=None, _lam=None, _prm=None)
+    def forget_batch(self):
+        "Remove this batch's hooks and drop its draw and mixed targets"
+        self._disarm(); self._set(_yb1=None, _lam=None, _prm=None)
+
+    @contextmanager
+    def preview(self):
+        "As `MixAugCallback.preview`; on exit a compiled model's fit-long hooks are removed too"
+        with super().preview():
+            try: yield self
+            finally: self._unhook()
+
+    def after_batch(self): self.forget_batch()
     def after_cancel_batch(self): self._disarm()
     def after_fit(self): self._disarm(); self._unhook()
     def after_cancel_fit(self): self._disarm(); self._unhook()
 
 # %% ../nbs/01_callback.ipynb #57c78d1c
+def _n(x:Tensor, perm:Tensor|None) -> int:
+    "Number of samples a draw is for: the batch's, or that of the partners given (RandomMix)"
+    return x.shape[0] if perm is None else perm.shape[0]
+
 class _BlendBox(MixCallback):
-    "MixUp, CutMix and CutMixUp: one `sample_mix` draw"
-    def _sample(self, x, p, **kw):
+    "MixUp, CutMix and Manifold Mixup: one `sample_mix` draw"
+    def sample(self, x, p, mode='elem', generator=None, perm=None, rows=None, **kw):
+        "One `sample_mix` draw for the samples of `x`"
         sp = self._spatial(x) if kw['switch_prob'] < 1 else tuple(x.shape[2:])
-        return sample_mix(x.shape[0], sp, p=p, mode=self.mode, device=x.device, generator=self._rng(x.device), **kw)
+        return sample_mix(_n(x, perm), sp, p=p, mode=mode, device=x.device, generator=generator, perm=perm, **kw)
 
 class MixUp(_BlendBox):
     "MixUp (https://arxiv.org/abs/1710.09412): blend each sample with a random partner, λ ~ Beta(α, α) per sample"
+    blends = True
     def __init__(self,
         alpha:float=0.4, # α of Beta(α, α) (or a schedule); each sample keeps max(λ, 1-λ) of itself
         p:float=1., # probability that a sample is mixed (or a schedule)
@@ -228,8 +292,8 @@ class MixUp(_BlendBox):
     ):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.alpha = check_alpha(alpha, 'alpha')
-    def _params(self, pct): return dict(mixup_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=1.)
-    def _where(self, model):
+    def params(self, pct): return dict(mixup_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=1.)
+    def mix_sites(self, model):
         "The inputs; for a `TabularModel`, the row as the model builds it (its categories are codes, they cannot be blended)"
         site = representation_site(model)
         return None if site is None else [site]
@@ -246,25 +310,7 @@ class CutMix(_BlendBox):
     ):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.alpha = check_alpha(alpha, 'alpha')
-    def _params(self, pct): return dict(cutmix_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=0.)
-
-class CutMixUp(_BlendBox):
-    "MixUp or CutMix for each sample (https://arxiv.org/abs/1710.09412, https://arxiv.org/abs/1905.04899), in one pass"
-    def __init__(self,
-        mixup_alpha:float=0.4, # α of Beta(α, α) for blended samples (or a schedule)
-        cutmix_alpha:float=1., # α of Beta(α, α) for pasted samples (or a schedule)
-        switch_prob:float=0.5, # probability that a mixed sample is blended (MixUp) rather than pasted (CutMix)
-        p:float=1., # probability that a sample is mixed (or a schedule)
-        mode:str='elem', # 'elem': op, λ and box per sample; 'batch': one for the batch
-        mix_target:str='auto', # 'auto' (from the targets), 'loss' or 'label': see `target_kind`
-        seed:int|None=None, # seed of the callback's own RNG (`seed + rank`); `None`: torch's global RNG
-        off_last:int|float|None=None, # switch off for the last N epochs (int) or fraction of training (float)
-    ):
-        super().__init__(p, mode, mix_target, seed, off_last)
-        self.mixup_alpha, self.cutmix_alpha = check_alpha(mixup_alpha, 'mixup_alpha'), check_alpha(cutmix_alpha, 'cutmix_alpha')
-        self.switch_prob = check_prob(switch_prob, 'switch_prob')
-    def _params(self, pct): return dict(mixup_alpha=sched_value(self.mixup_alpha, pct, 'mixup_alpha'),
-        cutmix_alpha=sched_value(self.cutmix_alpha, pct, 'cutmix_alpha'), switch_prob=sched_value(self.switch_prob, pct, 'switch_prob', 0., 1.))
+    def params(self, pct): return dict(cutmix_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=0.)
 
 # %% ../nbs/01_callback.ipynb #c98e9956
 class FMix(MixCallback):
@@ -281,9 +327,10 @@ class FMix(MixCallback):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.alpha = check_alpha(alpha, 'alpha')
         self.decay_power = check_decay_power(decay_power)
-    def _params(self, pct): return dict(alpha=sched_value(self.alpha, pct, 'alpha'))
-    def _sample(self, x, p, alpha):
-        return sample_fmix(x.shape[0], self._spatial(x), alpha, self.decay_power, p, self.mode, x.device, self._rng(x.device))
+    def params(self, pct): return dict(alpha=sched_value(self.alpha, pct, 'alpha'))
+    def sample(self, x, p, mode='elem', generator=None, perm=None, rows=None, alpha=1.):
+        "One `sample_fmix` draw for the samples of `x`"
+        return sample_fmix(_n(x, perm), self._spatial(x), alpha, self.decay_power, p, mode, x.device, generator, perm)
 
 class ResizeMix(MixCallback):
     "ResizeMix (https://arxiv.org/abs/2012.11101): paste a random partner, whole and shrunk, into each sample, λ from the exact area"
@@ -297,9 +344,9 @@ class ResizeMix(MixCallback):
     ):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.scale = check_scale(scale, 'scale')
-    def _params(self, pct): return {}
-    def _sample(self, x, p):
-        return sample_resizemix(x.shape[0], self._spatial(x), self.scale, p, self.mode, x.device, self._rng(x.device))
+    def sample(self, x, p, mode='elem', generator=None, perm=None, rows=None):
+        "One `sample_resizemix` draw for the samples of `x`"
+        return sample_resizemix(_n(x, perm), self._spatial(x), self.scale, p, mode, x.device, generator, perm, rows)
 
 # %% ../nbs/01_callback.ipynb #6458b2e9
 def _check_modules(v):
@@ -312,6 +359,7 @@ def _check_modules(v):
 
 class ManifoldMixUp(_BlendBox):
     "Manifold Mixup (https://arxiv.org/abs/1806.05236): blend a hidden state of each sample with a random partner's, at one module per batch"
+    blends = True
     def __init__(self,
         alpha:float=2., # α of Beta(α, α) (or a schedule); each sample keeps max(λ, 1-λ) of itself (the paper: α=2)
         modules:list|None=None, # modules whose output may be mixed (objects or names in `learn.model.named_modules()`); `None`: by architecture
@@ -323,12 +371,12 @@ class ManifoldMixUp(_BlendBox):
     ):
         super().__init__(p, mode, mix_target, seed, off_last)
         self.alpha, self.modules = check_alpha(alpha, 'alpha'), _check_modules(modules)
-    def _params(self, pct): return dict(mixup_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=1.)  # MixUp's draw
-    def _where(self, model): return hidden_sites(model) if self.modules is None else find_sites(model, self.modules)
+    def params(self, pct): return dict(mixup_alpha=sched_value(self.alpha, pct, 'alpha'), switch_prob=1.)  # MixUp's draw
+    def mix_sites(self, model): return hidden_sites(model) if self.modules is None else find_sites(model, self.modules)
     @property
     def sites(self) -> list[Site]|None:
         "Where this callback mixes in the learner's model (checked), one drawn per batch"
-        return self._where(self.learn.model) if getattr(self, 'learn', None) is not None else None
+        return self.mix_sites(self.learn.model) if getattr(self, 'learn', None) is not None else None
 
 _fastai_one_batch = getattr(Learner.one_batch, '_fastai', Learner.one_batch)
 
@@ -390,3 +438,121 @@ class Cutout(MixAugCallback):
         holes = self.draw(x)
         if holes is None: return
         self.learn.xb, self.learn.yb = erase_batch(self.learn.xb, self.learn.yb, *holes, self.fill, self.mask_fill, self._rng(x.device))
+
+# %% ../nbs/01_callback.ipynb #c2e8f4a1
+_MEMBER_DEFAULTS = dict(p=1., mode='elem', mix_target='auto', seed=None, off_last=None)
+
+def _check_mixers(mixers) -> list:
+    "RandomMix's `mixers`: mixes that draw per sample on the inputs, each at RandomMix's `p`, `mode`, `mix_target`, `seed`, `off_last`"
+    if mixers is None: return [MixUp(), CutMix(), FMix(), ResizeMix()]
+    if not isinstance(mixers, (list, tuple)):
+        raise TypeError(f"`mixers` must be a list of mixes such as [MixUp(), CutMix(), FMix(), ResizeMix()], got {mixers!r}")
+    if not mixers: raise ValueError("`mixers` must hold at least one mix, e.g. [MixUp(), CutMix()] (None: MixUp, CutMix, FMix and ResizeMix)")
+    for m in mixers:
+        if isinstance(m, type): raise TypeError(f"`mixers` takes mixes, not classes: write {m.__name__}() instead of {m.__name__}")
+        if isinstance(m, RandomMix):
+            raise ValueError(f"`mixers` cannot hold {type(m).__name__}: it draws among mixes itself; list its mixes in `mixers` instead")
+        if isinstance(m, ManifoldMixUp): raise ValueError("`mixers` cannot hold ManifoldMixUp: it mixes hidden states, RandomMix mixes the inputs")
+        if isinstance(m, Cutout): raise ValueError("`mixers` cannot hold Cutout: it erases, it does not mix two samples; add it next to RandomMix (learn.cutout())")
+        if not isinstance(m, MixCallback):
+            raise TypeError(f"`mixers` must hold mixes (MixUp, CutMix, FMix, ResizeMix, or a MixCallback of your own), got {m!r}")
+        for k, d in _MEMBER_DEFAULTS.items():
+            v = getattr(m, k)
+            if v is not d and (callable(v) or v != d):
+                raise ValueError(f"{type(m).__name__}({k}={v!r}) in `mixers`: RandomMix's own `{k}` applies to all its mixes; "
+                                 f"set RandomMix({k}=...) and leave {type(m).__name__}'s `{k}` at its default ({d!r})")
+    return list(mixers)
+
+def _check_weights(w, n:int) -> list:
+    "One finite number >= 0 per mix, not all 0 (`None`: equal)"
+    if w is None: return [1.] * n
+    if not isinstance(w, (list, tuple)) or not all(_is_num(v) for v in w):
+        raise TypeError(f"`weights` must be a list of numbers, one per mix in `mixers`, got {w!r}")
+    if len(w) != n: raise ValueError(f"`weights` must have one number per mix in `mixers` ({n}), got {len(w)}: {list(w)}")
+    if not all(v >= 0 and math.isfinite(v) for v in w): raise ValueError(f"`weights` must be finite numbers >= 0, got {list(w)}")
+    if not sum(w) > 0: raise ValueError(f"`weights` must not all be 0, got {list(w)}")
+    return [float(v) for v in w]
+
+def _host_counts(odds:list, n:int, generator:torch.Generator|None) -> list[int]:
+    "How many of `n` draws fall on each outcome (∝ `odds`), drawn on the host: `n` uniforms binned by the cumulative odds"
+    cdf = torch.tensor(odds, dtype=torch.float64).cumsum(0)
+    u = torch.rand(n, dtype=torch.float64, generator=generator).mul_(cdf[-1])
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=len(odds) - 1).bincount(minlength=len(odds)).tolist()
+
+class RandomMix(MixCallback):
+    "RandomMix (https://arxiv.org/abs/2205.08728): each sample mixed by a mix drawn at random among several, partner and λ drawn as that mix draws them, in one pass"
+    def __init__(self,
+        mixers:list|None=None, # mixes to draw from, each with its own arguments (α, schedules...); `None`: MixUp, CutMix, FMix, ResizeMix at their defaults
+        weights:list|None=None, # one number >= 0 per mix, not all 0: the odds of each (`None`: equal)
+        p:float=1., # probability that a sample is mixed (or a schedule)
+        mode:str='elem', # 'elem': a mix per sample; 'batch': one mix per batch, in its own batch mode
+        mix_target:str='auto', # 'auto' (from the targets), 'loss' or 'label': see `target_kind`
+        seed:int|None=None, # seed of the callback's own RNG (`seed + rank`); `None`: torch's global RNG
+        off_last:int|float|None=None, # switch off for the last N epochs (int) or fraction of training (float)
+    ):
+        super().__init__(p, mode, mix_target, seed, off_last)
+        self.mixers = _check_mixers(mixers)
+        self.weights = _check_weights(weights, len(self.mixers))
+
+    @property
+    def names(self) -> list[str]:
+        "The name of each mix, as `MixParams.which` indexes them"
+        return [type(m).__name__ for m in self.mixers]
+
+    def mixer_weights(self, pct:float) -> list[float]:
+        "The odds of each mix for this batch"
+        return self.weights
+
+    def params(self, pct): return dict(parts=[m.params(pct) for m in self.mixers], weights=self.mixer_weights(pct))
+
+    def sample(self, x, p, mode='elem', generator=None, perm=None, rows=None, parts=(), weights=()):
+        "Each sample's mix drawn on the host (∝ `weights`), then each mix drawn for its own samples, partnered in the whole batch: one `MixParams`"
+        bs, dev = x.shape[0], x.device
+        w = [0. if _alpha_off(kw) else v for kw, v in zip(parts, weights)]   # a mix whose α reached 0 is off: its samples are left alone
+        live = [k for k, v in enumerate(w) if v > 0]
+        if p == 0 or not live:                                  # nothing mixed (the check draw of an off batch): each mix still checks the batch
+            ds = [self._alone(x, k, 0., mode, generator, _alpha_on(kw)) for k, kw in enumerate(parts)]
+            return ds[0]
+        host = self._host_rng(generator)
+        if mode == 'batch' or len(live) == 1:                   # one mix for the batch (or the only one): its own draw, bit for bit
+            k = live[0] if len(live) == 1 else _host_counts(w, 1, host).index(1)
+            return self._alone(x, k, p, mode, generator, parts[k])
+        counts = _host_counts([1 - p] + [p * v / sum(w) for v in w], bs, host)  # on the host: sizes known, no sync
+        order = torch.randperm(bs, device=dev, generator=generator)   # who draws which mix: the first counts[0] are left alone, ...
+        perm = torch.randperm(bs, device=dev, generator=generator)    # partners, from the whole batch
+        rows, draws, which, s = [], [], [], counts[0]
+        for k, n in enumerate(counts[1:]):                      # one draw per mix, for its own samples: each pays for its own mix only
+            if not n: continue
+            r = order.narrow(0, s, n); s += n
+            draws.append(self.mixers[k].sample(x, 1., 'elem', generator, perm.index_select(0, r), r, **parts[k]))
+            rows.append(r); which.append(k)
+        blend = any(m.blends for m, v in zip(self.mixers, w) if v > 0)
+        return join_draws(perm, rows, draws, tuple(x.shape[2:]), which, blend)
+
+    def _alone(self, x, k, p, mode, generator, kw) -> MixParams:
+        "The draw of mix `k` for the whole batch, as it draws alone, each sample marked as drawn by it"
+        d = self.mixers[k].sample(x, p, mode, generator, **kw)
+        return d._replace(which=torch.full((x.shape[0],), k, dtype=torch.long, device=x.device))
+
+class CutMixUp(RandomMix):
+    "MixUp or CutMix for each sample (https://arxiv.org/abs/1710.09412, https://arxiv.org/abs/1905.04899): RandomMix over the two, in one pass"
+    def __init__(self,
+        mixup_alpha:float=0.4, # α of Beta(α, α) for blended samples (or a schedule)
+        cutmix_alpha:float=1., # α of Beta(α, α) for pasted samples (or a schedule)
+        switch_prob:float=0.5, # probability that a mixed sample is blended (MixUp) rather than pasted (CutMix)
+        p:float=1., # probability that a sample is mixed (or a schedule)
+        mode:str='elem', # 'elem': op, λ and box per sample; 'batch': one for the batch
+        mix_target:str='auto', # 'auto' (from the targets), 'loss' or 'label': see `target_kind`
+        seed:int|None=None, # seed of the callback's own RNG (`seed + rank`); `None`: torch's global RNG
+        off_last:int|float|None=None, # switch off for the last N epochs (int) or fraction of training (float)
+    ):
+        mixers = [MixUp(check_alpha(mixup_alpha, 'mixup_alpha')), CutMix(check_alpha(cutmix_alpha, 'cutmix_alpha'))]
+        super().__init__(mixers, None, p, mode, mix_target, seed, off_last)
+        self.switch_prob = check_prob(switch_prob, 'switch_prob')
+    @property
+    def mixup_alpha(self): return self.mixers[0].alpha
+    @property
+    def cutmix_alpha(self): return self.mixers[1].alpha
+    def mixer_weights(self, pct):
+        sp = sched_value(self.switch_prob, pct, 'switch_prob', 0., 1.)
+        return [sp, 1 - sp]

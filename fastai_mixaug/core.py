@@ -14,10 +14,10 @@ from torch import Tensor
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['check_prob', 'check_alpha', 'check_choice', 'sched_value', 'sample_beta', 'sample_boxes', 'box_area', 'box_mask',
-           'MixParams', 'sample_mix', 'sample_holes', 'mix_weight', 'mix_input', 'paste_resized', 'target_kind',
-           'mix_label', 'mix_targets', 'mix_batch', 'mix_hidden', 'loss_reduction', 'per_sample', 'reduce_loss',
-           'mix_loss', 'erase', 'erase_batch']
+__all__ = ['check_prob', 'check_alpha', 'check_choice', 'sched_value', 'sample_beta', 'sample_boxes', 'box_area', 'kept_share',
+           'over_batch', 'box_mask', 'MixParams', 'sample_mix', 'join_draws', 'sample_holes', 'mix_weight', 'mix_input',
+           'paste_resized', 'target_kind', 'mix_label', 'mix_targets', 'mix_batch', 'mix_hidden', 'loss_reduction',
+           'per_sample', 'reduce_loss', 'mix_loss', 'erase', 'erase_batch']
 
 # %% ../nbs/00_core.ipynb #9dcd863b
 def _is_num(v): return type(v) in (float, int) or (isinstance(v, numbers.Real) and not isinstance(v, bool))
@@ -102,12 +102,18 @@ def box_area(lo:Tensor, hi:Tensor) -> Tensor:
     "Number of pixels in each box: the product of its sides"
     return (hi - lo).prod(-1)
 
-def _kept_share(covered:Tensor, spatial:tuple) -> Tensor:
+def kept_share(
+    covered:Tensor, # (n,) number of each sample's pixels that are its partner's (`box_area`, or a mask's count)
+    spatial:tuple, # spatial shape of the data
+) -> Tensor: # (n,) float32: λ, the share of its own pixels each sample keeps
     "λ exactly: the share of the pixels of `spatial` a sample keeps when `covered` of them are its partner's"
     npx = math.prod(spatial)
     return torch.div(torch.rsub(covered, npx), npx)
 
-def _over_batch(bs:int, *ts) -> tuple:
+def over_batch(
+    bs:int, # batch size
+    *ts, # tensors of one draw: one row each in 'batch' mode (expanded, a view), `bs` rows in 'elem' mode (left as they are), or `None`
+) -> tuple:
     "Each tensor of a 'batch' mode draw (one row) expanded over the batch; `None`s stay"
     return tuple(t if t is None or t.shape[0] == bs else t.expand(bs, *t.shape[1:]) for t in ts)
 
@@ -154,7 +160,8 @@ class MixParams(NamedTuple):
     spatial:tuple=() # spatial shape the boxes and masks live in
     blend:bool=True # whether any sample can be blended (False for CutMix, FMix, ResizeMix)
     mask:Tensor|None=None # (bs, 1, *spatial) bool: True where the partner's pixel is taken (FMix); `None`: the boxes say where
-    resize:bool=False # whether each box holds the whole partner resized to it (ResizeMix), rather than the partner's pixels there
+    resize:bool|Tensor=False # whether each box holds the whole partner resized to it (ResizeMix), rather than the partner's pixels there; or (k,) long: the samples whose box does
+    which:Tensor|None=None # (bs,) long: the mixer each sample drew, an index into RandomMix's `mixers` (-1: left alone); `None` for one mixer
 
     def to(self, device):
         "The same parameters on `device`"
@@ -171,6 +178,7 @@ def sample_mix(
     mode:str='elem', # 'elem': parameters per sample; 'batch': one draw shared by the whole batch
     device=None, # the batch's device
     generator:torch.Generator|None=None, # RNG to draw from (torch's global RNG if `None`)
+    perm:Tensor|None=None, # (bs,) the partners, if already drawn (RandomMix draws them for the whole batch); else drawn here
 ) -> MixParams:
     "Draw the partners, λ and boxes of one MixUp / CutMix / CutMixUp batch"
     spatial, n = tuple(spatial), (bs if mode == 'elem' else 1)
@@ -178,7 +186,7 @@ def sample_mix(
     if can_cut and not spatial: raise ValueError("CutMix needs inputs with spatial dimensions, shaped (bs, C, *spatial)")
     # few, small ops (a batch of 256 small images costs less than a dozen of them): each draw only when needed, and
     # one `rand` for all the uniforms: samples left alone (`p`), pasted or blended, a uniform area (Beta(1, 1)), box centres
-    perm = torch.randperm(bs, device=device, generator=generator)
+    if perm is None: perm = torch.randperm(bs, device=device, generator=generator)
     cols = ['keep'] * (p < 1) + ['cut'] * (can_cut and blend) + ['area'] * (can_cut and cutmix_alpha == 1)
     nc = len(spatial) if can_cut else 0
     u = torch.rand(n, len(cols) + nc, device=device, generator=generator) if cols or nc else None
@@ -195,12 +203,44 @@ def sample_mix(
         if len(spatial) > 1: area = area.pow(1 / len(spatial)) # side ratio: area over nd dims
         size = area.unsqueeze(1).mul(_grid(spatial, area.device)[1]).round_().long()
         lo, hi = sample_boxes(size, spatial, generator, u.narrow(1, len(cols), nc))
-        kept = _kept_share(box_area(lo, hi), spatial)          # exactly the share of pixels kept (1 for empty boxes)
+        kept = kept_share(box_area(lo, hi), spatial)          # exactly the share of pixels kept (1 for empty boxes)
         if cut is None: lam, cut = kept, (torch.ones_like(kept, dtype=torch.bool) if keep is None else ~keep)
         else:
             lam = torch.where(cut, kept, lam)
             if keep is not None: cut = cut & ~keep
-    return MixParams(perm, *_over_batch(bs, lam, cut, lo, hi), spatial, blend)
+    return MixParams(perm, *over_batch(bs, lam, cut, lo, hi), spatial, blend)
+
+def join_draws(
+    perm:Tensor, # (bs,) long: the partner of each sample
+    rows:list, # per draw, (n_k,) long: the samples it is for (disjoint; a sample in none is left alone)
+    draws:list, # per draw, the `MixParams` of its `n_k` samples, partnered with `perm[rows[k]]` ('elem' mode)
+    spatial:tuple=(), # spatial shape of the inputs
+    which:list|None=None, # per draw, the index of its mixer (default: 0, 1, ...)
+    blend:bool|None=None, # whether a sample can be blended (default: whether one of `draws` can)
+) -> MixParams:
+    "One per-sample draw made of the draws of several mixes, each for its own samples: what RandomMix applies, in one pass, with `mix_batch`"
+    bs, dev, spatial = perm.shape[0], perm.device, tuple(spatial)
+    which = list(range(len(draws))) if which is None else which
+    blend = any(d.blend for d in draws) if blend is None else blend
+    lam, cut = torch.ones(bs, device=dev), torch.zeros(bs, dtype=torch.bool, device=dev)
+    idx = torch.full((bs,), -1, dtype=torch.long, device=dev)   # left alone, unless a draw is for it
+    boxes, masks = any(d.lo is not None for d in draws), any(d.mask is not None for d in draws)
+    lo = hi = mask = None
+    if boxes or not blend: lo, hi = (torch.zeros(bs, len(spatial), dtype=torch.long, device=dev) for _ in range(2))  # empty boxes
+    resize = []
+    for r, d, k in zip(rows, draws, which):                    # a few small ops per mixer, none per sample
+        if not r.numel(): continue                              # (sizes are known on the host: no sync)
+        lam.index_copy_(0, r, d.lam); idx.index_fill_(0, r, k)
+        if d.cut is not None: cut.index_copy_(0, r, d.cut)
+        if d.lo is not None: lo.index_copy_(0, r, d.lo); hi.index_copy_(0, r, d.hi)
+        if isinstance(d.resize, Tensor): resize.append(r.index_select(0, d.resize))
+        elif d.resize: resize.append(r)
+    if masks:                                                  # one coverage for all: the boxes, and the masks where a draw has them
+        mask = box_mask(lo, hi, spatial) if boxes else torch.zeros(bs, 1, *spatial, dtype=torch.bool, device=dev)
+        for r, d in zip(rows, draws):
+            if d.mask is not None and r.numel(): mask.index_copy_(0, r, d.mask)
+    resize = (torch.cat(resize) if len(resize) > 1 else resize[0]) if resize else False
+    return MixParams(perm, lam, cut, lo, hi, spatial, blend, mask, resize, idx)
 
 # %% ../nbs/00_core.ipynb #c9f5f04e
 def sample_holes(
@@ -218,7 +258,7 @@ def sample_holes(
     u = torch.rand(n, 1 + n_holes * nd, device=device, generator=generator)  # one `rand`: whether a sample has holes, centres
     size = u.select(1, 0).lt(p).mul(length).view(n, 1, 1).expand(n, n_holes, nd)
     lo, hi = sample_boxes(size, tuple(spatial), generator, u.narrow(1, 1, n_holes * nd).view(n, n_holes, nd))
-    return _over_batch(bs, lo, hi)
+    return over_batch(bs, lo, hi)
 
 # %% ../nbs/00_core.ipynb #960f61c3
 def _plain(t):
@@ -261,6 +301,7 @@ def mix_weight(
     w = prm.lam.view(-1, 1, *[1] * len(prm.spatial))
     if w.dtype != dtype: w = w.to(dtype)
     if not pixels: return w
+    if inside is None and prm.mask is not None: inside = _cover(prm, dtype)  # masks (FMix), alone or next to boxes and blends (RandomMix)
     if not prm.blend: return 1 - (_cover(prm, dtype) if inside is None else inside.to(dtype))  # a paste: 0 in the box (mask), 1 elsewhere
     w = w.masked_fill(prm.cut.view(w.shape), 1.)            # 1 for cut samples, λ for blended ones
     if inside is not None: t = w * inside.to(dtype)
@@ -335,7 +376,7 @@ def _cpu_chunk(t:Tensor) -> int:
 
 def paste_resized(
     t:Tensor, # (bs, ..., *spatial): a batch of images (or masks, signals, volumes)
-    perm:Tensor, # (bs,) long: the partner of each sample
+    perm:Tensor, # (k,) long: the partner of each sample (of each of `k` samples, with their boxes)
     lo:Tensor, # (bs, nd) long: box starts
     hi:Tensor, # (bs, nd) long: box ends (exclusive)
     mode:str='bilinear', # 'bilinear' (linear in each dim: images), or 'nearest' (masks)
@@ -345,10 +386,10 @@ def paste_resized(
         out = paste_resized(t.float(), perm, lo, hi, mode)
         info = torch.iinfo(t.dtype)
         return out.round_().clamp_(info.min, info.max).to(t.dtype)
-    bs, k = t.shape[0], _cpu_chunk(t)
+    bs, k = perm.shape[0], _cpu_chunk(t)                    # `perm` may be the partners of some samples only (RandomMix): one output each
     if k >= bs: out = _resize_into(t, perm, lo, hi, mode, [])  # buffers no longer needed are reused: each new batch-sized one costs page faults
     else:
-        out, free = torch.empty_like(t), []                # chunk by chunk, straight into `out`; a chunk reuses the last one's buffers
+        out, free = (torch.empty_like(t) if bs == t.shape[0] else t.new_empty((bs, *t.shape[1:]))), []  # chunk by chunk, straight into `out`; a chunk reuses the last one's buffers
         for s in range(0, bs, k):
             n = min(k, bs - s)
             _resize_into(t, perm[s:s + n], lo[s:s + n], hi[s:s + n], mode, free if n == k else [], out[s:s + n])
@@ -398,11 +439,16 @@ class _Pixels:
     def weight(self, t:Tensor, lead:int=2) -> Tensor:
         "Weight of the sample's own value for `t`: per pixel for pixel-shaped `t`, else per sample"
         if not self.wise(t, lead): return self.prm.lam.view(-1, *[1] * (t.ndim - 1))
-        if self._w is None: self._w = mix_weight(self.prm, self._cover, self.dt)
+        if self._w is None: self._w = mix_weight(self.prm, self._cover if self.prm.mask is None else self.cover(), self.dt)
         return self._w if lead == 2 else self._w.select(1, 0)    # (bs, 1, *sp) for inputs, (bs, *sp) for targets
     def source(self, t:Tensor, lead:int=2, mode:str='bilinear') -> Tensor|None:
         "What the partner puts into the box when it is not its own pixels there (ResizeMix), else `None`"
-        return paste_resized(t, self.prm.perm, self.prm.lo, self.prm.hi, mode) if self.prm.resize and self.wise(t, lead) else None
+        prm, r = self.prm, self.prm.resize
+        if not self.wise(t, lead) or r is False or r is None: return None
+        if not isinstance(r, Tensor): return paste_resized(t, prm.perm, prm.lo, prm.hi, mode) if r else None
+        src = _gather(t, prm.perm)                            # some samples only (RandomMix): the others take their partner's pixels
+        if r.numel(): src.index_copy_(0, r, paste_resized(t, prm.perm.index_select(0, r), prm.lo.index_select(0, r), prm.hi.index_select(0, r), mode))
+        return src
 
 def _mix_targets(yb:tuple, prm:MixParams, px:_Pixels, mix_target:str, n_classes:int|None) -> tuple:
     perm, bs, sp = prm.perm, prm.perm.shape[0], prm.spatial
@@ -466,7 +512,7 @@ def mix_batch(
             if not prm.blend and px.wise(x):                  # a paste (CutMix, FMix, ResizeMix): the coverage is the partner's weight
                 x0, mixed = _retype(mix_input(x, perm, px.cover(), partner=True, src=px.source(x)), x0), mixed or x.numel() > 0
             elif x.is_floating_point():                       # integer inputs can only be pasted, never blended
-                x0, mixed = _retype(mix_input(x, perm, px.weight(x)), x0), mixed or x.numel() > 0  # an empty (bs, 0) input mixes nothing
+                x0, mixed = _retype(mix_input(x, perm, px.weight(x), src=px.source(x)), x0), mixed or x.numel() > 0  # an empty (bs, 0) input mixes nothing
         xs.append(x0)
     if not mixed: raise TypeError(_unmixable(xb))
     return (tuple(xs), *_mix_targets(yb, prm, px, mix_target, n_classes))
@@ -533,12 +579,17 @@ def mix_loss(
     t0, l0, l1, bs = ls[0], _plain(ls[0]), _plain(ls[1]), lam.shape[0]
     if l0.ndim == 0 or l0.numel() % bs:
         raise ValueError(f"with reduction='none', loss_func returned shape {tuple(l0.shape)}, not per-sample losses for bs={bs}")
+    lw = lam                                                    # (float32, as the target weights below)
     if lam.dtype != l0.dtype: lam = lam.to(l0.dtype)
     if l0.ndim == 1 and l0.shape[0] == bs: l = torch.lerp(l1, l0, lam)  # one loss per sample
     else: l = torch.lerp(l1.reshape(bs, -1), l0.reshape(bs, -1), lam.unsqueeze(1)).view(l0.shape)  # per pixel: its sample's λ
     w0, w1 = _mean_weights(loss_func, yb), _mean_weights(loss_func, yb1)
     if red != 'mean' or w0 is None or w0.numel() != l.numel(): return _retype(reduce_loss(l, red), t0)
-    return _retype(l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lam.unsqueeze(1)).sum(), t0)  # PyTorch's weighted mean
+    # PyTorch's weighted mean, mixed: Σ mixed losses / Σ mixed target weights (see the text above), in the loss's dtype
+    if lw.dtype != w0.dtype: lw = lw.to(w0.dtype)
+    if l0.ndim == 1 and l0.shape[0] == bs: r = l.sum() / torch.lerp(w1, w0, lw).sum()
+    else: r = l.sum() / torch.lerp(w1.reshape(bs, -1), w0.reshape(bs, -1), lw.unsqueeze(1)).sum()
+    return _retype(r if r.dtype == l.dtype else r.to(l.dtype), t0)
 
 def _ce_losses(loss_func, pred, yb, yb1) -> tuple|None:
     "Per-sample `F.cross_entropy` of `pred` against `yb` and `yb1`, one `log_softmax` shared, when `loss_func` is exactly torch's or fastai's cross-entropy on class indices; else `None`"
@@ -558,16 +609,26 @@ def _global_hooks() -> bool:
     m = torch.nn.modules.module
     return bool(getattr(m, '_global_forward_hooks', None) or getattr(m, '_global_forward_pre_hooks', None))
 
-def _mean_weights(loss_func, yb) -> Tensor|None:
-    "Per-element weights a class-weighted or ignore-index `'mean'` divides by (cross-entropy / NLL), else `None`"
+def _nll_args(loss_func) -> tuple|None:
+    "`(weight, ignore_index)` of a cross-entropy or NLL loss (torch's modules, fastai's flattened ones, `F.cross_entropy`, `F.nll_loss` or a `partial` of them), else `None`"
+    if isinstance(loss_func, partial):                          # (checked first: a `partial` also has a `func`)
+        if loss_func.func not in (F.cross_entropy, F.nll_loss) or loss_func.args: return None
+        return loss_func.keywords.get('weight'), loss_func.keywords.get('ignore_index', -100)
+    if loss_func in (F.cross_entropy, F.nll_loss): return None, -100
     lf = getattr(loss_func, 'func', loss_func)                  # fastai's flattened losses wrap the torch loss
-    if not isinstance(lf, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)) or len(yb) != 1: return None
-    y = _plain(yb[0])
-    if y.is_floating_point() or (lf.weight is None and y.ndim == 1): return None  # plain mean
-    t = y.reshape(-1).long()
-    keep = t != lf.ignore_index
-    w = lf.weight[t.clamp_min(0)] if lf.weight is not None else torch.ones_like(t, dtype=torch.float32)
-    return (w * keep).to(torch.float32)
+    if not isinstance(lf, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)): return None
+    return lf.weight, lf.ignore_index
+
+def _mean_weights(loss_func, yb) -> Tensor|None:
+    "Per-element weights a cross-entropy or NLL `'mean'` divides by: the target's class weight (1 without), 0 where ignored; else `None` (a plain mean)"
+    args = _nll_args(loss_func)
+    if args is None or len(yb) != 1: return None
+    y, (weight, ignore) = _plain(yb[0]), args
+    if y.is_floating_point(): return None                       # class probabilities: PyTorch takes the plain mean
+    t = y if y.ndim == 1 else y.reshape(-1)
+    keep = t != ignore
+    if weight is None: return keep.to(torch.float32)
+    return weight[t.masked_fill(~keep, 0).long()].mul(keep).to(torch.float32)  # an ignore index may lie outside the weights (255)
 
 # %% ../nbs/00_core.ipynb #7d1fcbd2
 def _int_view(dtype:torch.dtype) -> torch.dtype|None:

@@ -15,7 +15,7 @@ from torch import Tensor
 __all__ = ['fmix_masks', 'check_decay_power', 'sample_fmix', 'check_scale', 'sample_resizemix']
 
 # %% ../nbs/00a_masks.ipynb #455b15a2
-from .core import MixParams, sample_beta, sample_boxes, box_area, _grid, _is_num, _kept_share, _over_batch
+from .core import MixParams, sample_beta, sample_boxes, box_area, _grid, _is_num, kept_share, over_batch
 
 # %% ../nbs/00a_masks.ipynb #10346902
 @lru_cache(maxsize=32)
@@ -64,20 +64,21 @@ def sample_fmix(
     mode:str='elem', # 'elem': a mask and λ per sample; 'batch': one for the batch
     device=None, # the batch's device
     generator:torch.Generator|None=None, # RNG to draw from (torch's global RNG if `None`)
+    perm:Tensor|None=None, # (bs,) the partners, if already drawn (RandomMix); else drawn here
 ) -> MixParams:
     "Draw the partners, masks and λ of one FMix batch"
     spatial = tuple(spatial)
     if not spatial: raise ValueError("FMix needs inputs with spatial dimensions, shaped (bs, C, *spatial)")
     decay_power, n = check_decay_power(decay_power), (bs if mode == 'elem' else 1)
-    perm = torch.randperm(bs, device=device, generator=generator)
+    if perm is None: perm = torch.randperm(bs, device=device, generator=generator)
     lam = sample_beta(alpha, n, device, generator)
     cut = torch.ones(n, dtype=torch.bool, device=device)
     if p < 1:
         cut = torch.rand(n, device=device, generator=generator) < p
         lam = lam.masked_fill(~cut, 1.)                      # left alone: all its own pixels
     mask = fmix_masks(lam, spatial, decay_power, generator)
-    lam = _kept_share(mask.view(n, -1).sum(1), spatial)    # exactly the share of pixels kept
-    lam, cut, mask = _over_batch(bs, lam, cut, mask)
+    lam = kept_share(mask.view(n, -1).sum(1), spatial)    # exactly the share of pixels kept
+    lam, cut, mask = over_batch(bs, lam, cut, mask)
     return MixParams(perm, lam, cut, None, None, spatial, blend=False, mask=mask)
 
 # %% ../nbs/00a_masks.ipynb #6dc6d859
@@ -97,18 +98,20 @@ def sample_resizemix(
     mode:str='elem', # 'elem': a scale and position per sample; 'batch': one for the batch
     device=None, # the batch's device
     generator:torch.Generator|None=None, # RNG to draw from (torch's global RNG if `None`)
+    perm:Tensor|None=None, # (bs,) the partners, if already drawn (RandomMix); else drawn here
+    rows:Tensor|None=None, # (bs,) long: where these samples are in the batch, if not 0..bs-1 (RandomMix), to tell who is paired with itself
 ) -> MixParams:
     "Draw the partners, the boxes and λ of one ResizeMix batch"
     spatial = tuple(spatial)
     if not spatial: raise ValueError("ResizeMix needs inputs with spatial dimensions, shaped (bs, C, *spatial)")
     (s0, s1), n, nd = check_scale(scale), (bs if mode == 'elem' else 1), len(spatial)
-    perm = torch.randperm(bs, device=device, generator=generator)
+    if perm is None: perm = torch.randperm(bs, device=device, generator=generator)
     u = torch.rand(n, 1 + nd + (p < 1), device=device, generator=generator)  # one `rand`: τ, the position, whether mixed
     _, sp = _grid(spatial, u.device)
     size = u.narrow(1, 0, 1).mul(s1 - s0).add_(s0).mul(sp).round_().long()   # round(τ·S) in each dim
     cut = torch.ones(n, dtype=torch.bool, device=u.device) if p >= 1 else u.select(1, nd + 1) < p
-    if n == bs: cut = cut & (perm != torch.arange(bs, device=perm.device))  # paired with itself: a mix with itself is no change
+    if n == bs: cut = cut & (perm != (torch.arange(bs, device=perm.device) if rows is None else rows))  # paired with itself: a mix with itself is no change
     size = size.masked_fill(~cut.unsqueeze(1), 0)
     lo, hi = sample_boxes(size, spatial, u=u.narrow(1, 1, nd), inside=True)  # uniform over the positions inside the image
-    lam = _kept_share(box_area(lo, hi), spatial)           # exactly the share of pixels kept
-    return MixParams(perm, *_over_batch(bs, lam, cut, lo, hi), spatial, blend=False, resize=True)
+    lam = kept_share(box_area(lo, hi), spatial)           # exactly the share of pixels kept
+    return MixParams(perm, *over_batch(bs, lam, cut, lo, hi), spatial, blend=False, resize=True)

@@ -5,6 +5,7 @@
 # %% ../nbs/04_show.ipynb #488fbc47
 from __future__ import annotations
 import math, random
+from contextlib import ExitStack
 from pathlib import Path
 import numpy as np
 import torch
@@ -107,39 +108,33 @@ def show_mix_batch(self:Learner,
     dl = dl if dl is not None else self.dls.train
     dl_rng = getattr(dl, 'rng', None)
     states = (dl_rng.getstate() if dl_rng is not None else None, random.getstate(), np.random.get_state())
-    gens = [(c, c._gen, None if c._gen is None else c._gen.get_state(), getattr(c, '_cpu_gen', None)) for c in cbs]
-    gens = [(c, g, s, cg, None if cg is None else cg.get_state()) for c, g, s, cg in gens]
     saved = {k: getattr(self, k, None) for k in ('training', 'xb', 'yb', 'dl')}
     mix = next((c for c in cbs if isinstance(c, MixCallback)), None)
     try:
-        with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None):
+        with torch.random.fork_rng(devices=[] if not torch.cuda.is_available() else None), ExitStack() as previews:
+            for c in cbs: previews.enter_context(c.preview())     # each callback as it was, afterwards: RNGs, hooks, draws
             b = dl.one_batch()
             self.training, self.dl = True, dl
             self._split(b)
             xb0, yb0 = self.xb, self.yb
             for c in cbs: c.before_batch()
             xb, yb = self.xb, self.yb
-            prm = mix._prm if mix is not None else None
-            site = mix._site if prm is not None and mix._armed else None   # a hidden state is mixed: the inputs are not
+            prm = mix.drawn if mix is not None else None
+            site = mix.mixed_site if mix is not None else None    # a hidden state is mixed: the inputs are not
+            names = mix.names if isinstance(mix, RandomMix) else None
     finally:
         for k, v in saved.items(): setattr(self, k, v)
-        for c in cbs:
-            if isinstance(c, MixCallback): c._disarm(); c._unhook(); c._set(_yb1=None, _lam=None, _prm=None)
-        for c, g, s, cg, cs in gens:
-            c._set(_gen=g)
-            if g is not None: g.set_state(s)
-            if cg is not None: cg.set_state(cs)
         if dl_rng is not None: dl.rng = dl_rng; dl_rng.setstate(states[0])
         random.setstate(states[1]); np.random.set_state(states[2])
     if show and not rank_distrib():
-        fig = self._plot_mix_batch(xb, yb, xb0, yb0, prm, site, n, nrows, ncols, figsize)
+        fig = self._plot_mix_batch(xb, yb, xb0, yb0, prm, site, n, nrows, ncols, figsize, names)
         if save is not None: fig.savefig(save, dpi=100, bbox_inches='tight')
     return xb, yb
 
 def _spatial_input(x) -> bool: return isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 3
 
 @patch
-def _plot_mix_batch(self:Learner, xb, yb, xb0, yb0, prm, site, n, nrows, ncols, figsize):
+def _plot_mix_batch(self:Learner, xb, yb, xb0, yb0, prm, site, n, nrows, ncols, figsize, names=None):
     "Plot `n` samples of an augmented batch: each sample, what it was mixed with and how much"
     bs = xb[0].shape[0]
     n = min(n, bs)
@@ -156,7 +151,7 @@ def _plot_mix_batch(self:Learner, xb, yb, xb0, yb0, prm, site, n, nrows, ncols, 
         if prm is not None and prm.blend: 
             cut = torch.zeros(bs, dtype=torch.bool) if prm.cut is None else to_cpu(prm.cut)
             for i in range(n): extra[i].append(y0[perm[i]] if not cut[i] else torch.full_like(to_cpu(y[i]), 0))
-    titles, key = self._titles(y, y0, prm, site, dense, extra, n)
+    titles, key = self._titles(y, y0, prm, site, dense, extra, n, names)
     ncols = ncols or (math.ceil(n / nrows) if nrows else math.ceil(math.sqrt(n)))
     nrows = nrows or math.ceil(n / ncols)
     w = 2.2 * (1 + max(len(e) for e in extra))
@@ -172,15 +167,18 @@ def _site_text(site) -> str:
     return f"{'at the input of' if site.pre else 'after'} module {site.name!r} ({type(site.module).__name__})"
 
 @patch
-def _titles(self:Learner, y, y0, prm, site, dense:bool, extra:list, n:int) -> tuple[list, str]:
-    "Each sample's title, and the figure's one-line key to reading them"
+def _titles(self:Learner, y, y0, prm, site, dense:bool, extra:list, n:int, names:list|None=None) -> tuple[list, str]:
+    "Each sample's title, and the figure's one-line key to reading them; with `names` (RandomMix), each mixed sample's mix first"
     if y is None: return [''] * n, ''
     if prm is None: return ([''] * n if dense else mix_titles(y, _class_vocab(self.dls))[:n]), ''
     lam = to_cpu(prm.lam)
-    if dense: return [f"λ {float(lam[i]):.2f}" + (' (own | partner mask)' if prm.blend and len(extra[i]) > 1 else '') for i in range(n)], \
+    if dense: titles, key = [f"λ {float(lam[i]):.2f}" + (' (own | partner mask)' if prm.blend and len(extra[i]) > 1 else '') for i in range(n)], \
         "title: λ, the share of the sample that is its own"
-    titles = mix_titles(y0, _class_vocab(self.dls), lam, to_cpu(y0)[to_cpu(prm.perm)])[:n]
-    key = "title: λ label / 1−λ partner's label"
+    else: titles, key = mix_titles(y0, _class_vocab(self.dls), lam, to_cpu(y0)[to_cpu(prm.perm)])[:n], "title: λ label / 1−λ partner's label"
+    if names is not None and prm.which is not None:         # RandomMix: each mixed sample's own mix first
+        which = to_cpu(prm.which)
+        titles = [f"{names[int(which[i])]} {t}" if int(which[i]) >= 0 and float(lam[i]) < .995 else t for i, t in enumerate(titles)]
+        key = key.replace('title: ', 'title: mix ', 1)
     if site is None: return titles, key
     return [f"{t}\n(mixed {_site_text(site)})" for t in titles], key + "; beside each sample, its partner"
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 # %% auto #0
-__all__ = ['AUGS', 'MODELS', 'AUG_KW', 'DATASETS', 'small_cnn', 'resnet20', 'make_model', 'available_augs', 'parse_aug',
-           'load_data', 'ece', 'evaluate', 'step_timers', 'no_validation', 'keep_rng', 'plain_epochs', 'make_learner',
-           'train_one', 'pos_int', 'pos_float', 'aug_list', 'seed_list', 'check_augs', 'check_out', 'check_data', 'hms',
-           'time_left']
+__all__ = ['AUGS', 'MODELS', 'AUG_KW', 'DATASETS', 'small_cnn', 'resnet20', 'make_model', 'known_augs', 'available_augs',
+           'parse_aug', 'load_data', 'ece', 'evaluate', 'step_timers', 'no_validation', 'keep_rng', 'plain_epochs',
+           'make_learner', 'train_one', 'pos_int', 'pos_float', 'aug_list', 'seed_list', 'check_augs', 'check_out',
+           'check_data', 'hms', 'time_left']
 
 # %% ../nbs/04a_train.ipynb #9f98bb42
-AUGS = ('none', 'mixup', 'cutmix', 'cutout', 'cutmixup', 'fmix', 'resizemix', 'manifold_mixup') # augmentations by the name of their one-liner (`learn.mixup()`), in the tables' order
+AUGS = ('none', 'mixup', 'cutmix', 'cutout', 'cutmixup', 'fmix', 'resizemix', 'manifold_mixup', 'randommix') # 'none' and the library's `MIXAUGS` (a test checks they match), by the name of their one-liner, in the tables' order: written out so that `--help` needs no torch
 MODELS = ('small_cnn', 'xresnet18', 'resnet20') # what `--model` accepts
 AUG_KW = {('manifold_mixup', 'small_cnn'): dict(modules=['0', '1'])} # the one-liners' arguments where the defaults need help: a plain
 # `nn.Sequential` has no stages `hidden_sites` knows, so Manifold Mixup mixes after the small CNN's first two conv layers (the paper's stages 1-2)
@@ -46,11 +46,16 @@ def make_model(name:str='small_cnn', c_in:int=1, n_out:int=10): # -> nn.Module
         return xresnet18(pretrained=False, c_in=c_in, n_out=n_out)
     raise ValueError(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
 
+def known_augs() -> tuple[str, ...]:
+    "`AUGS`, and the mixes of one's own given a one-liner by `add_mixaug` in this process (once `fastai_mixaug.learner` is imported)"
+    lib = sys.modules.get('fastai_mixaug.learner')
+    return AUGS + tuple(a for a in (lib.MIXAUGS if lib else ()) if a not in AUGS)
+
 def available_augs() -> list[str]:
-    "The names in `AUGS` whose one-liner `learn.<name>()` exists in this fastai_mixaug, in `AUGS`' order"
+    "The names in `known_augs()` whose one-liner `learn.<name>()` exists in this fastai_mixaug, in that order"
     from fastai.learner import Learner
     import fastai_mixaug.all  # patches learn.mixup() & co onto Learner
-    return [a for a in AUGS if a == 'none' or callable(getattr(Learner, a, None))]
+    return [a for a in known_augs() if a == 'none' or callable(getattr(Learner, a, None))]
 
 def parse_aug(spec:str) -> tuple[str, dict]:
     "Split an augmentation `name[:key=value...]` (`cutmix:p=0.5:off_last=0.25`) into its one-liner's name and arguments"
@@ -234,9 +239,10 @@ def aug_list(v:str) -> list[str]:
     augs = [a.strip() for a in re.split(r',(?![^()\[\]]*[)\]])', v) if a.strip()]   # commas inside a tuple or list value stay
     try: names = [parse_aug(a)[0] for a in augs]
     except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
-    bad = [a for a, n in zip(augs, names) if n not in AUGS]
-    if bad: raise argparse.ArgumentTypeError(f"unknown augmentation {', '.join(map(repr, bad))}: choose from {','.join(AUGS)}")
-    if not augs: raise argparse.ArgumentTypeError(f"give at least one of {','.join(AUGS)}")
+    known = known_augs()
+    bad = [a for a, n in zip(augs, names) if n not in known]
+    if bad: raise argparse.ArgumentTypeError(f"unknown augmentation {', '.join(map(repr, bad))}: choose from {','.join(known)}")
+    if not augs: raise argparse.ArgumentTypeError(f"give at least one of {','.join(known)}")
     augs = [n + a[len(n):] for a, n in zip(augs, names)]   # the name in lower case, the arguments as given
     if len(set(augs)) < len(augs): raise argparse.ArgumentTypeError(f"an augmentation is listed twice in {v!r}")
     return augs

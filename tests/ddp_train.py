@@ -100,7 +100,8 @@ def run(aug, dls):
 
 
 def main():
-    out_dir, augs = Path(sys.argv[1]), sys.argv[2:] or ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
+    from helpers import ONE_LINERS
+    out_dir, augs = Path(sys.argv[1]), sys.argv[2:] or ONE_LINERS
     dls = mnist_dls(bs=32, n_valid=128, device='cpu')
     res = dict(rank=rank_distrib(), world=num_distrib())
     for aug in augs: res[aug] = run(aug, dls)

@@ -50,6 +50,14 @@ def source_share(out, x, perm):
     return (out == x).float().mean(dims), (out == x[perm]).float().mean(dims)
 
 
+# ---------- the augmentations, from the library's one list (MIXAUGS), built-in ones only (a test may add its own) ----------
+from fastai_mixaug.learner import MIXAUGS
+from fastai_mixaug.callback import MixCallback, ManifoldMixUp
+BUILT_IN = {k: v for k, v in MIXAUGS.items() if v.__module__.startswith('fastai_mixaug.')}
+ONE_LINERS = list(BUILT_IN)                                              # every augmentation, by its one-liner's name
+INPUT_MIXERS = [c for c in BUILT_IN.values() if issubclass(c, MixCallback) and not issubclass(c, ManifoldMixUp)]  # they mix `xb`
+
+
 # ---------- tiny real learners ----------
 N_CLASSES, N_ALL = 4, 96
 _g = torch.Generator().manual_seed(0)

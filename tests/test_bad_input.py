@@ -2,12 +2,12 @@
 import math
 import pytest, torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.test import test_eq as eq
-from fastai_mixaug.all import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix
-from helpers import (one_thread, seeded,  # noqa: F401 (autouse fixtures: one torch thread, a seeded RNG)
+from fastai_mixaug.all import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, RandomMix
+from helpers import (one_thread, seeded, INPUT_MIXERS,  # noqa: F401 (autouse fixtures: one torch thread, a seeded RNG)
                      step, image_dls, make_learner, tiny_cnn, quiet_fit, params, same_params, same_cbs, get_row, get_u8,
                      CountForward)
 
-MIXERS = [MixUp, CutMix, CutMixUp, FMix, ResizeMix]
+MIXERS = INPUT_MIXERS                                # MixUp, CutMix, CutMixUp, FMix, ResizeMix, RandomMix
 ALL = MIXERS + [Cutout]
 ids = lambda c: c.__name__
 

@@ -4,10 +4,10 @@ from fastcore.test import test_eq as eq, test_close as close
 from fastai.losses import (CrossEntropyLossFlat, LabelSmoothingCrossEntropy, LabelSmoothingCrossEntropyFlat, FocalLossFlat,
                            BCEWithLogitsLossFlat, MSELossFlat)
 from fastai_mixaug.core import box_mask
-from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix
-from helpers import one_thread, seeded, step  # noqa: F401 (one_thread, seeded: autouse fixtures)
+from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, RandomMix
+from helpers import one_thread, seeded, step, INPUT_MIXERS  # noqa: F401 (one_thread, seeded: autouse fixtures)
 
-MIXERS = [MixUp, CutMix, CutMixUp, FMix, ResizeMix]
+MIXERS = INPUT_MIXERS                                # MixUp, CutMix, CutMixUp, FMix, ResizeMix, RandomMix
 ids = lambda c: c.__name__
 
 

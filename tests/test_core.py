@@ -2,10 +2,10 @@
 import pytest, torch
 from fastcore.test import test_eq as eq, test_close as close
 from fastai_mixaug.core import box_mask, box_area, mix_batch, erase_batch
-from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix
-from helpers import one_thread, seeded, step, constants, source_share  # noqa: F401 (one_thread, seeded: autouse fixtures)
+from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, RandomMix
+from helpers import one_thread, seeded, step, constants, source_share, INPUT_MIXERS  # noqa: F401 (one_thread, seeded: autouse fixtures)
 
-MIXERS = [MixUp, CutMix, CutMixUp, FMix, ResizeMix]
+MIXERS = INPUT_MIXERS                                # MixUp, CutMix, CutMixUp, FMix, ResizeMix, RandomMix
 ALL = MIXERS + [Cutout]
 ids = lambda c: c.__name__
 

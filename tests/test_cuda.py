@@ -4,7 +4,8 @@ loop: its data and model go to fastai's default device.)"""
 import pytest, torch, torch.nn as nn
 from fastai.learner import Learner
 from fastai.test_utils import synth_dbunch
-from fastai_mixaug.all import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, ManifoldMixUp, MixCallback, mix_batch, mix_loss, erase_batch
+from fastai_mixaug.all import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, RandomMix, ManifoldMixUp, MixCallback, mix_batch, mix_loss, erase_batch
+from helpers import ONE_LINERS
 
 pytestmark = pytest.mark.cuda
 
@@ -15,6 +16,7 @@ CBS = {
     'cutout_noise': lambda **kw: Cutout(n_holes=3, length=0.25, fill='normal', p=0.5, **kw),
     'fmix': lambda **kw: FMix(**kw), 'fmix_p_batch': lambda **kw: FMix(p=0.6, mode='batch', **kw),
     'resizemix': lambda **kw: ResizeMix(**kw), 'resizemix_p': lambda **kw: ResizeMix(p=0.7, **kw),
+    'randommix': lambda **kw: RandomMix(**kw), 'randommix_p_batch': lambda **kw: RandomMix(p=0.6, mode='batch', **kw),
 }
 TARGETS = ['class', 'onehot', 'mask']
 
@@ -103,7 +105,7 @@ def test_cpu_and_cuda_give_the_same_batch_for_the_same_parameters(name, kind):
         torch.testing.assert_close(lg.cpu(), lc, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('name', ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup'])
+@pytest.mark.parametrize('name', ONE_LINERS)
 def test_fp16_training_on_cuda(name):
     "fastai's to_fp16 (autocast + GradScaler) with each callback: fp32 mixing, finite loss, loss_func untouched"
     from fastai.vision.all import vision_learner, resnet18

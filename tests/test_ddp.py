@@ -2,10 +2,11 @@
 import math, os, subprocess, sys
 from pathlib import Path
 import pytest, torch
+from helpers import ONE_LINERS
 
 pytest.importorskip('accelerate')                      # fastai's distrib_ctx needs it (in the dev extra)
 pytestmark = [pytest.mark.slow, pytest.mark.ci]      # two torchrun processes: about a minute on 2 cores, in the first test
-AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
+AUGS = ONE_LINERS
 SEED, N_BATCHES, WORLD = 42, 2, 2
 SCRIPT = Path(__file__).parent/'ddp_train.py'
 

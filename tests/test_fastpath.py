@@ -185,7 +185,8 @@ def test_mix_input_with_the_partners_weight(dt):
         eq(mix_input(x, perm, w, partner=True), torch.lerp(x, x[perm], w))
 
 # each torch op costs 10-20 µs inside `fit` on a small model (cold caches after the backward pass): the count is the cost
-OP_BUDGET = {1.: 13, 0.: 39, .5: 50}   # MixUp, CutMix, CutMixUp: draw + apply + mixed cross-entropy, as measured at 4bdf646
+OP_BUDGET = {1.: 20, 0.: 46, .5: 57}   # MixUp, CutMix, CutMixUp: draw + apply + mixed cross-entropy, as measured at 4bdf646,
+# plus 7 for the exact mean over the kept targets (ignore_index: two `ne`, two `to`, a `lerp`, a `sum` and a `div`; issue 18)
 
 def _top_ops(f):
     from torch.profiler import profile, ProfilerActivity

@@ -13,14 +13,15 @@ from fastai.torch_core import TensorImage, TensorCategory, TensorMask, set_seed
 from fastai.data.transforms import Normalize
 from fastai.callback.schedule import SchedLin, SchedCos, SchedNo, combine_scheds
 from fastai_mixaug.core import box_mask, mix_batch, sample_mix, sample_holes, erase_batch
-from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix
+from fastai_mixaug.callback import MixUp, CutMix, CutMixUp, Cutout, FMix, ResizeMix, RandomMix
 from fastai_mixaug.show import mix_titles
 import fastai_mixaug.learner  # noqa: F401  (the one-liners)
 from mixaug_helpers import drive, constants
+from helpers import INPUT_MIXERS
 from feat_helpers import tiny_dls, tiny_model, fit_rec, same_batch
 
-ALL = [MixUp, CutMix, CutMixUp, FMix, ResizeMix, Cutout]
-MIXERS = [MixUp, CutMix, CutMixUp, FMix, ResizeMix]
+MIXERS = INPUT_MIXERS                                # MixUp, CutMix, CutMixUp, FMix, ResizeMix, RandomMix
+ALL = MIXERS + [Cutout]
 ids = lambda c: getattr(c, '__name__', str(c))
 
 
@@ -88,9 +89,9 @@ def test_cutmixup_switch_prob_and_p_are_per_sample_rates():
     on = prm.lam < 1
     assert 0.5 < on.float().mean() < 0.7
     assert 0.65 < prm.cut[on].float().mean() < 0.85                   # 1 - switch_prob of the mixed samples are pasted
-    for s in range(8):                                                 # mode='batch': one op and one λ for the batch
+    for s in range(8):                                                 # mode='batch': one op (RandomMix's `which`) and one λ for the batch
         pb = CutMixUp(mode='batch', seed=s).draw(constants(8, 1, 8, 8))
-        assert (pb.cut == pb.cut[0]).all() and (pb.lam == pb.lam[0]).all()
+        assert (pb.which == pb.which[0]).all() and (pb.lam == pb.lam[0]).all()
 
 
 def test_cutmixup_fit_never_writes_the_dataloader_batch():
@@ -432,6 +433,7 @@ def test_half_targets_mixed_in_float32():
 @pytest.mark.parametrize('cls', MIXERS, ids=ids)
 def test_half_inputs_loss_mixed_with_float32_lambda(cls):
     "λ in the input's dtype for the pixels, but the float32 λ (not its bf16 rounding) for the loss"
+    torch.manual_seed(1)                                               # (not whatever the tests before left: the last check needs λs bf16 rounds)
     x, y, pred = torch.randn(16, 3, 12, 10).bfloat16(), torch.arange(16) % 5, torch.randn(16, 5)  # λ = k/120: not exact in bf16
     learn = drive(cls(seed=0), (x,), (y,), nn.CrossEntropyLoss(), pred)
     prm = cls(seed=0).draw(x)
@@ -484,10 +486,10 @@ def test_seeded_callbacks_leave_the_global_rng_alone(cls):
 
 def test_seed_offset_by_rank(monkeypatch):
     x = torch.randn(8, 3, 8, 8)
-    ref = lambda s: sample_mix(8, (8, 8), .4, 1., .5, generator=torch.Generator().manual_seed(s))
+    ref = lambda s: sample_mix(8, (8, 8), .4, 1., 0., generator=torch.Generator().manual_seed(s))  # CutMix's draw
     for rank in [0, 2]:
         monkeypatch.setenv('RANK', str(rank))
-        prm = CutMixUp(seed=5).draw(x)
+        prm = CutMix(seed=5).draw(x)
         for a, b in zip(prm, ref(5 + rank)): eq(a, b)
         lo, hi = Cutout(length=3, seed=5).draw(x)
         rlo, rhi = sample_holes(8, (8, 8), 1, 3, generator=torch.Generator().manual_seed(5 + rank))
@@ -495,6 +497,10 @@ def test_seed_offset_by_rank(monkeypatch):
     monkeypatch.setenv('RANK', '0'); p0 = CutMixUp(seed=5).draw(x)
     monkeypatch.setenv('RANK', '1'); p1 = CutMixUp(seed=5).draw(x)
     assert not (torch.equal(p0.perm, p1.perm) and torch.equal(p0.lam, p1.lam))
+    x = torch.randn(64, 3, 8, 8)                                       # RandomMix's host draw (which mix) too
+    monkeypatch.setenv('RANK', '0'); w0 = RandomMix(seed=5).draw(x).which
+    monkeypatch.setenv('RANK', '1'); w1 = RandomMix(seed=5).draw(x).which
+    assert not torch.equal(torch.bincount(w0 + 1, minlength=5), torch.bincount(w1 + 1, minlength=5))
 
 
 @pytest.mark.cuda
@@ -538,7 +544,8 @@ def test_show_mix_batch_titles_and_denormalised_images(fresh_figs):
     assert torch.equal(xb[0], mix_batch(raw[:1], raw[1:], prm)[0][0])  # the training code path
     eq(yb[0], raw[1])
     titles = [ax.get_title() for ax in fig.axes]
-    eq(titles, mix_titles(raw[1], VOCAB, prm.lam, raw[1][prm.perm])[:6])
+    names = [('MixUp ', 'CutMix ')[k] if l < .995 else '' for k, l in zip(prm.which.tolist(), prm.lam.tolist())]  # CutMixUp is a RandomMix:
+    eq(titles, [n + t for n, t in zip(names, mix_titles(raw[1], VOCAB, prm.lam, raw[1][prm.perm]))][:6])      # each sample's mix named
     assert any(' / ' in t for t in titles)
     for i, ax in enumerate(fig.axes):
         (im,) = ax.get_images()

@@ -6,11 +6,11 @@ from fastai.learner import Learner, load_learner
 from fastai.callback.core import Callback
 from fastai.losses import LabelSmoothingCrossEntropyFlat
 from fastai_mixaug.all import MixUp, CutMix, CutMixUp, Cutout, MixAugCallback
-from helpers import (one_thread, seeded,  # noqa: F401 (autouse fixtures: one torch thread, a seeded RNG)
+from helpers import (one_thread, seeded, ONE_LINERS,  # noqa: F401 (autouse fixtures: one torch thread, a seeded RNG)
                      image_dls, make_learner, tiny_cnn, quiet_fit, quiet_validate, quiet_preds, params, same_params, same_cbs,
                      Raise, RaiseInForward, RaisingLoss)
 
-AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
+AUGS = ONE_LINERS
 def add(learn, aug, **kw):
     "`learn.<aug>(**kw)`; Manifold Mixup after the tiny CNN's BatchNorm (a plain Sequential has no stages it knows)"
     if aug == 'manifold_mixup': kw['modules'] = [next(m for m in learn.model.modules() if isinstance(m, nn.BatchNorm2d))]
@@ -146,7 +146,7 @@ def test_two_mixing_callbacks_refused_at_fit_start_learner_unchanged(dls, pair):
     for a in pair: getattr(learn, a)()
     learn.cutout()                                                  # Cutout combines with any mixer: not the problem
     cbs, w = list(learn.cbs), params(learn.model)
-    with pytest.raises(ValueError, match='CutMixUp'): quiet_fit(learn)
+    with pytest.raises(ValueError, match='use RandomMix'): quiet_fit(learn)
     assert same_cbs(learn.cbs, cbs)
     assert learn.loss_func is lf and lf.reduction == 'mean'
     assert same_params(w, params(learn.model))                      # nothing trained

@@ -24,8 +24,9 @@ from fastai.vision.all import vision_learner, resnet18, xresnet18, model_meta, a
 from fastai_mixaug.all import MixCallback, MixAugCallback, mix_loss
 from fastai_mixaug.data import mnist_dls
 from mixaug_helpers import drive
+from helpers import ONE_LINERS
 
-AUGS = ['mixup', 'cutmix', 'cutmixup', 'cutout', 'fmix', 'resizemix', 'manifold_mixup']
+AUGS = ONE_LINERS
 BS, N_VALID, N_FAST = 32, 64, 2                       # batch size, validation images, training batches per epoch in CI
 small_xresnet18 = partial(xresnet18, widen=0.25)      # a partial of fastai's function: exported learners unpickle anywhere
 model_meta[small_xresnet18] = model_meta[xresnet18]   # vision_learner cuts and splits it as an xresnet18
