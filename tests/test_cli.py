@@ -228,3 +228,23 @@ def test_regime_line():
                                      "case, more data and a short schedule.")
     assert cli._regime(4000, 8) == "4,000 training images, 8 epochs."
     assert cli._regime(1000, 1) == "1,000 training images, 1 epoch."
+
+def test_a_mix_of_ones_own_in_the_command(tmp_path):
+    "A mix given a one-liner by add_mixaug is an augmentation name of the main command too (--augs, the table)"
+    from fastai.learner import Learner
+    import fastai_mixaug.learner as lib
+    from fastai_mixaug.all import MixUp, add_mixaug
+    class HalfMixUp(MixUp):
+        "MixUp at α 0.2 (a stand-in for a mix of one's own)"
+        def __init__(self, **kw): super().__init__(alpha=0.2, **kw)
+    add_mixaug('halfmixup', HalfMixUp)
+    try:
+        assert 'halfmixup' in train.known_augs() and 'halfmixup' in available_augs()
+        assert cli.parser().parse_args(['--augs', 'none,halfmixup']).augs == ['none', 'halfmixup']
+        threads = torch.get_num_threads()
+        try: main(['--augs', 'none,halfmixup', '--n-train', '64', '--epochs', '1', '--bs', '32', '--out', str(tmp_path), '--quiet', '--no-show'])
+        finally: torch.set_num_threads(threads)
+        assert [r['aug'] for r in csv.DictReader(open(tmp_path/'results.csv'))] == ['none', 'halfmixup']
+    finally:
+        del lib.MIXAUGS['halfmixup']; lib._ADDED.discard('halfmixup'); delattr(Learner, 'halfmixup')
+    assert 'halfmixup' not in train.known_augs()
