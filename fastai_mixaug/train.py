@@ -189,7 +189,9 @@ def make_learner(dls, aug:str, seed:int, model:str='small_cnn', c_in:int|None=No
     set_seed(seed, reproducible=True)   # the initial weights
     dls.train.rng = random.Random(seed) # the shuffling order
     if c_in is None: c_in = 3 if model == 'resnet20' else 1
-    learn = Learner(dls, make_model(model, c_in, len(dls.vocab)), loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
+    try: n_out = len(dls.vocab)        # the data's classes (10 for DataLoaders without a vocab)
+    except (AttributeError, TypeError): n_out = 10
+    learn = Learner(dls, make_model(model, c_in, n_out), loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
     name, kw = parse_aug(aug)
     return learn if name == 'none' else getattr(learn, name)(**{**AUG_KW.get((name, model), {}), **kw})
 

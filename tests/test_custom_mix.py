@@ -20,7 +20,14 @@ class HalfMix(MixCallback):
         hi = torch.tensor([*sp[:-1], sp[-1] // 2], device=dev).mul(on.unsqueeze(1))
         return MixParams(perm, 1 - .5 * on.float() * (sp[-1] // 2 * 2 / sp[-1]), on, torch.zeros_like(hi), hi, sp, blend=False)
 
-add_mixaug('halfmix', HalfMix)
+@pytest.fixture(autouse=True, scope='module')
+def _halfmix():
+    "HalfMix gets its one-liner for this module's tests only: the registry and Learner are as they were afterwards (later tests, notebooks)"
+    import fastai_mixaug.learner as lib
+    add_mixaug('halfmix', HalfMix)
+    yield
+    lib.MIXAUGS.pop('halfmix', None); lib._ADDED.discard('halfmix')
+    if hasattr(Learner, 'halfmix'): delattr(Learner, 'halfmix')
 
 
 def _dls(n=32, bs=8):
