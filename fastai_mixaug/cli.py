@@ -179,7 +179,9 @@ def _run(args:argparse.Namespace, argv:list[str]):
               f"{time_left(k, len(runs), time.time() - t0)}", flush=True)
         if seed == args.seeds[0] and not args.no_show:
             learn.show_mix_batch(n=16, nrows=2)
-            plt.suptitle(f"{aug}: one training batch", y=1.02); plt.savefig(args.out/f'{aug}_batch.png', dpi=72, bbox_inches='tight'); plt.close('all')
+            key = plt.gcf().get_suptitle()   # how to read the titles, from show_mix_batch
+            plt.suptitle(f"{aug}: one training batch" + (f" ({key})" if key else ''))
+            plt.savefig(args.out/f'{aug}_batch.png', dpi=72, bbox_inches='tight'); plt.close('all')
     rows.sort(key=lambda r: args.augs.index(r['aug']))
     summary = summarise(rows)
     md = results_md(summary)
