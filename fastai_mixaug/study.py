@@ -237,7 +237,8 @@ def plot_vs_none(cells:list[dict], path:Path, title:str=''):
                 err = None if lo != lo else [[(c[v] - lo) * 100], [(hi - c[v]) * 100]]
                 ax.errorbar([c[v] * 100], [k], xerr=err, fmt='o', color=f'C{k}', capsize=3)
             ax.axvline(0, color='black', lw=1)
-            ax.set_yticks(range(len(augs))); ax.set_yticklabels(augs); ax.invert_yaxis(); ax.grid(alpha=.3, axis='x')
+            ax.set_yticks(range(len(augs))); ax.set_yticklabels(augs); ax.grid(alpha=.3, axis='x')
+            if j == 0: ax.invert_yaxis()   # the first augmentation on top (the y axis is shared: once)
             base = '' if none is None else f" (none: {none['error' if j == 0 else 'ece'] * 100:.2f}%)"
             ax.set_title(f"{s:,} images × {e} epochs: {what}{base}", fontsize=9)
             if i == len(keys) - 1: ax.set_xlabel(f"aug − none, {what} points (mean, 95% CI over seeds)")
@@ -405,7 +406,7 @@ def _report(args:argparse.Namespace, rows:list[dict], argv:list[str]):
             f"± is the std over seeds; the 95% CI is a paired t over seeds (Student's t, n-1 degrees of freedom) of the per-seed "
             f"difference aug − none, seeds sharing initial weights and data order; it measures seed-to-seed variation on this "
             f"fixed validation set, not the sampling error of the validation set. Commit: "
-            + ', '.join(f"{k} ({v} runs)" for k, v in commits.items()) + ".\n")
+            + ', '.join(f"{k} ({v} run{'s' if v > 1 else ''})" for k, v in commits.items()) + ".\n")
     md = cells_md(cells)
     (args.out/'study.md').write_text(f"{head}\n{md}")
     with open(args.out/'cells.csv', 'w', newline='') as f:
