@@ -174,28 +174,27 @@ class MixCallback(MixAugCallback):
         if lam is not None: loss_reduction(learn.loss_func)  # fail now, before the forward pass, if it can't be mixed
         self._set(_checked=True)                                  # the first batch is checked even when the mix is off
         if prm is None: return
-        if self._sites is not None: self._arm(prm)
+        if self._sites is not None: self._arm()
         relabelled = lam is None and any(a is not b for a, b in zip(yb, learn.yb))
         learn.xb, learn.yb = xb, yb
         self._set(_yb1=yb1, _lam=lam, _prm=prm, _loss_ok=self._loss_ok or not relabelled)
 
-    def _arm(self, prm:MixParams):
+    def _arm(self):
         "Hook the site drawn for this batch; on the first batch, also check that every site gives a state that can be mixed"
         site = self._sites[self._pick()]
         probes = [] if self._probed else [s for s in self._sites if s is not site]
         self._set(_fired=False, _site=site, _probed=True, _probing=bool(probes), _armed=True)
-        if not self._compiled: self._handles += [s.hook(self._hook_fn(s, prm), prepend=s is site) for s in [site] + probes]
+        if not self._compiled: self._handles += [s.hook(self._hook_fn(s), prepend=s is site) for s in [site] + probes]
         elif not self._fit_handles:                        # compiled: hooks stay for the fit (see below), traced once with them
             self._fit_handles += [s.hook(self._hook_fn(s), prepend=True) for s in self._sites]
             _recompile(self.learn.model)
 
-    def _hook_fn(self, s:Site, prm:MixParams|None=None):
-        "The hook at site `s`: mix the state if `s` is this batch's site; on the first batch, check that it can be mixed (changing nothing)"
+    def _hook_fn(self, s:Site):
+        "The hook at site `s`: mix the state if `s` is this batch's site; on the first batch, check that it can be mixed (changing nothing); the draw is the batch's `_prm`, set before the forward pass"
         def hook(h):
             if not self._armed: return None
-            p = prm if prm is not None else self._prm
-            if s is self._site: self._set(_fired=True); return mix_hidden(h, p, s.what)
-            if self._probing: mix_hidden(h, p, s.what)
+            if s is self._site: self._set(_fired=True); return mix_hidden(h, self._prm, s.what)
+            if self._probing: mix_hidden(h, self._prm, s.what)
         return hook
 
     def _pick(self) -> int:
