@@ -232,7 +232,8 @@ def plot_vs_none(cells:list[dict], path:Path, title:str=''):
             ax = axs[i, j]
             for k, a in enumerate(augs):
                 c = at.get(a)
-                if c is None or c.get(v, math.nan) != c.get(v, math.nan): continue
+                if c is None or c.get(v, math.nan) != c.get(v, math.nan):   # say so, rather than leave a blank row
+                    ax.text(.01, k, 'not run' if c is None else 'no pair with none', transform=ax.get_yaxis_transform(), va='center', fontsize=8, color='grey'); continue
                 lo, hi = c[v + '_lo'], c[v + '_hi']
                 err = None if lo != lo else [[(c[v] - lo) * 100], [(hi - c[v]) * 100]]
                 ax.errorbar([c[v] * 100], [k], xerr=err, fmt='o', color=f'C{k}', capsize=3)
