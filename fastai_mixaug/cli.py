@@ -186,7 +186,7 @@ def _run(args:argparse.Namespace, argv:list[str]):
     summary = summarise(rows)
     md = results_md(summary)
     cmd = ' '.join(['fastai-mixaug'] + argv)
-    head = (f"`{cmd}`\n\n{d['name']}: {args.epochs} epochs of `fit_one_cycle` (lr {args.lr:g}, bs {args.bs}), {args.model}, "
+    head = (f"`{cmd}`\n\n{d['name']}: {args.epochs} epoch{'s' if args.epochs > 1 else ''} of `fit_one_cycle` (lr {args.lr:g}, bs {args.bs}), {args.model}, "
             f"{len(dls.train_ds):,} train / {n_final:,} valid images, seeds {', '.join(map(str, args.seeds))}; {env}.\n{regime}\n")
     found = '\n'.join(f"- {s}" for s in findings(summary))
     (args.out/'results.md').write_text(f"{head}\n{md}\n" + (f"\n{found}\n" if found else ''))

