@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import store_attr
-from fasttransform import Transform
+from fasttransform import Transform, ItemTransform
 from fastai.torch_core import TensorImage
 from fastai.data.core import Datasets
 from fastai.data.transforms import Categorize
@@ -222,7 +222,8 @@ def cifar_dls(
     if drop and len(Xt) < bs: raise ValueError(_no_batch(len(Xt), bs))
     X, y = torch.cat([Xt, Xv]), [classes[i] for i in torch.cat([yt, yv]).tolist()]
     splits = [list(range(len(Xt))), list(range(len(Xt), len(X)))]
-    dsets = Datasets(list(range(len(X))), tfms=[[_Row(X)], [_Row(y), Categorize(vocab=classes, sort=False)]], splits=splits)
+    items = list(zip(X, y))   # (photo, label): views of the decoded tensor; an export keeps none of them (it empties the items)
+    dsets = Datasets(items, tfms=[[_Photo()], [ItemGetter(1), Categorize(vocab=classes, sort=False)]], splits=splits)
     tfms = [IntToFloatTensor()] + ([PadCropFlip()] if augment else []) + [Normalize.from_stats(*CIFAR_STATS)]
     kwargs.setdefault('num_workers', 0)
     return dsets.dataloaders(bs=bs, after_batch=tfms, device=device, **kwargs)
@@ -239,10 +240,17 @@ def _no_batch(n:int, bs:int) -> str:
     return (f"`bs`: {n} training photos are fewer than one batch of {bs}, and the training DataLoader drops its last partial batch, "
             f"so nothing would train; use a smaller `bs` or a larger `n_train`")
 
-class _Row(Transform):
-    "Item `i` of an in-memory table (a `uint8` image tensor becomes a `TensorImage`)"
-    def __init__(self, items): self.items = items
-    def encodes(self, i:int): return TensorImage(self.items[i]) if isinstance(self.items, Tensor) else self.items[i]
+class _Photo(ItemTransform):   # the whole item: a plain `Transform` would map over the tuple's elements
+    "The photo of an item `(photo, label)` as a `uint8` `TensorImage` (3, h, w); to predict, also a photo's file, a PIL image, an (h, w, 3) array or a (3, h, w) tensor"
+    input_types = object   # fastai's `test_dl`/`predict` start a new item at the first transform whose input type it has: here, whatever it is
+    def encodes(self, o):
+        if isinstance(o, (tuple, list)): o = o[0]
+        if isinstance(o, (str, os.PathLike)): o = torch.from_numpy(_decode([o])[0]).permute(2, 0, 1)
+        elif hasattr(o, 'convert'): o = torch.from_numpy(np.array(o.convert('RGB'))).permute(2, 0, 1)   # a PIL image
+        elif isinstance(o, np.ndarray) and o.ndim == 3 and o.shape[2] == 3: o = torch.from_numpy(o).permute(2, 0, 1)   # (h, w, 3), as PIL gives
+        if not isinstance(o, Tensor) or o.ndim != 3 or o.shape[0] != 3:
+            raise TypeError(f"expected a photo: a file, a PIL image, an (h, w, 3) uint8 array or a (3, h, w) uint8 tensor, got {type(o).__name__} {tuple(getattr(o, 'shape', ()))}")
+        return TensorImage(o)
 
 # %% ../nbs/03_data.ipynb #9f0c3704
 def tabular_df(

@@ -153,6 +153,25 @@ def test_loader_edge_cases(tmp_path):
     (tmp_path/'afile').write_text('')
     with pytest.raises(DataPathError, match=r"`cache`: cannot create a folder in .*afile.*FASTAI_MIXAUG_CACHE"): cifar_dls(arc, cache=tmp_path/'afile'/'c')
 
+def test_export_and_predict(tmp_path):
+    "A learner on these DataLoaders exports without the photos, and predicts from a photo's file, a PIL image, an array or a tensor alike"
+    from fastai.learner import Learner, load_learner
+    import fastai_mixaug.all  # noqa: F401  (the one-liners)
+    fake_cifar(tmp_path/'cifar10', n_train=8, n_test=4)
+    dls = cifar_dls(tmp_path, bs=6)
+    learn = Learner(dls, resnet20(n_out=3), path=tmp_path).cutmix()
+    learn.fit(1)
+    learn.export('exp.pkl')
+    l2 = load_learner(tmp_path/'exp.pkl')
+    assert len(l2.dls.train_ds) == len(l2.dls.valid_ds) == 0   # no photo in the export
+    f = tmp_path/'cifar10'/'test'/'dog'/'0001.png'
+    a = np.array(Image.open(f))
+    preds = [l2.predict(o) for o in (f, str(f), Image.open(f), a, torch.from_numpy(a).permute(2, 0, 1))]
+    for lbl, i, pr in preds: assert lbl == preds[0][0] and lbl in ('cat', 'dog', 'frog') and torch.allclose(pr, preds[0][2])
+    p, _ = l2.get_preds(dl=l2.dls.test_dl([f, f]))
+    torch.testing.assert_close(p[0], preds[0][2])
+    with pytest.raises(TypeError, match='expected a photo'): l2.predict(np.zeros(3))
+
 def test_cli_sizes_against_folder(tmp_path):
     "The commands' training-set sizes are checked against what the folder holds: defaults capped, too many a usage error naming the flag"
     import argparse
