@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_data.ipynb #5a16b06a
 from __future__ import annotations
-import hashlib, operator, os, shutil, tarfile, tempfile, zlib
+import hashlib, operator, os, shutil, tarfile, tempfile, warnings, zlib
 from pathlib import Path
 import numpy as np
 import torch
@@ -217,9 +217,8 @@ def cifar_dls(
     n_train, n_valid, bs = _pos_int('n_train', n_train, True), _pos_int('n_valid', n_valid, True), _pos_int('bs', bs)
     drop = kwargs.get('drop_last')
     if drop is None: drop = kwargs.get('shuffle', True)   # as fastai: the shuffled training DataLoader drops its last partial batch
-    if drop and n_train is not None and n_train < bs: raise ValueError(_no_batch(n_train, bs))
     Xt, yt, Xv, yv, classes = cifar_arrays(path, n_train, n_valid, cache)
-    if drop and len(Xt) < bs: raise ValueError(_no_batch(len(Xt), bs))
+    if drop and len(Xt) < bs: warnings.warn(_no_batch(len(Xt), bs), stacklevel=2)   # a valid set, but `fit` would train nothing
     X, y = torch.cat([Xt, Xv]), [classes[i] for i in torch.cat([yt, yv]).tolist()]
     splits = [list(range(len(Xt))), list(range(len(Xt), len(X)))]
     items = list(zip(X, y))   # (photo, label): views of the decoded tensor; an export keeps none of them (it empties the items)
@@ -238,7 +237,7 @@ def _pos_int(name:str, v, none_ok:bool=False):
 
 def _no_batch(n:int, bs:int) -> str:
     return (f"`bs`: {n} training photos are fewer than one batch of {bs}, and the training DataLoader drops its last partial batch, "
-            f"so nothing would train; use a smaller `bs` or a larger `n_train`")
+            f"so `fit` would train nothing; use a smaller `bs` or a larger `n_train`, or pass `drop_last=False`")
 
 class _Photo(ItemTransform):   # the whole item: a plain `Transform` would map over the tuple's elements
     "The photo of an item `(photo, label)` as a `uint8` `TensorImage` (3, h, w); to predict, also a photo's file, a PIL image, an (h, w, 3) array or a (3, h, w) tensor"

@@ -1,5 +1,5 @@
 "CIFAR-10 photos (#17): the loader on fastai's layout (a generated folder of .png, the shared .tgz), the crop and flip per sample, bad paths, calibration, and short runs of both commands."
-import csv, io, math, os, shutil, subprocess, tarfile
+import csv, io, math, os, shutil, subprocess, tarfile, warnings
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 import numpy as np
@@ -140,11 +140,13 @@ def test_loader_edge_cases(tmp_path):
     dls = cifar_dls(tmp_path, n_train=np.int64(6), n_valid=np.int32(3), bs=np.int64(2))
     assert dls.vocab == ['cat', 'dog', 'frog'] and (len(dls.train_ds), len(dls.valid_ds), dls.bs) == (6, 3, 2)
     for kw, msg in ((dict(n_train=2.), '`n_train` must be a positive int'), (dict(bs=True), '`bs` must be a positive int'),
-                    (dict(n_train=6, bs=8), '`bs`: 6 training photos are fewer than one batch of 8'),
-                    (dict(bs=13), '`bs`: 12 training photos are fewer than one batch of 13'),
                     (dict(n_train=13, bs=2), r"`n_train`: .*train' holds 12 photos, fewer than the 13")):
         with pytest.raises(ValueError, match=msg): cifar_dls(tmp_path, **kw)
-    assert len(cifar_dls(tmp_path, bs=13, drop_last=False).train_ds) == 12   # the check follows fastai's drop_last
+    for kw, n in ((dict(n_train=6, bs=8), 6), (dict(bs=13), 12)):   # a valid set, but fit would train nothing: a warning
+        with pytest.warns(UserWarning, match=f'`bs`: {n} training photos are fewer than one batch of'): d = cifar_dls(tmp_path, **kw)
+        assert len(d.train_ds) == n and len(d.train) == 0
+    with warnings.catch_warnings():   # the check follows fastai's drop_last
+        warnings.simplefilter('error'); assert len(cifar_dls(tmp_path, bs=13, drop_last=False).train) == 1
     fake_cifar(tmp_path/'big'/'cifar10', size=40)
     shutil.rmtree(tmp_path/'big'/'cifar10'/'test'); shutil.copytree(tmp_path/'cifar10'/'test', tmp_path/'big'/'cifar10'/'test')
     with pytest.raises(DataPathError, match='the train/ photos are 40×40, the test/ ones 32×32'): cifar_dls(tmp_path/'big')
