@@ -27,7 +27,7 @@ def cell(c:dict|None, compact:bool=False) -> tuple[str, str]:
     if not n: return 'no paired none run', ece
     lo, hi = float(c['vs_none_lo']), float(c['vs_none_hi'])
     ci = '' if math.isnan(lo) else f" [{pts(lo)}, {pts(hi)}]"
-    s = f"{pts(float(c['vs_none']))}{ci}" + ('' if compact else f" ({c['better']}/{n} better)")
+    s = f"{pts(float(c['vs_none']))}{ci}" + ((' (1 seed)' if n == 1 else '') if compact else f" ({c['better']}/{n} better)")
     return (f"**{s}**" if not math.isnan(lo) and (hi < 0 or lo > 0) else s), ece
 
 def main():
