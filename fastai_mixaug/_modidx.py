@@ -228,7 +228,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'fastai_mixaug.data._cache_dir': ('data.html#_cache_dir', 'fastai_mixaug/data.py'),
                                     'fastai_mixaug.data._classes': ('data.html#_classes', 'fastai_mixaug/data.py'),
                                     'fastai_mixaug.data._decode': ('data.html#_decode', 'fastai_mixaug/data.py'),
-                                    'fastai_mixaug.data._no_batch': ('data.html#_no_batch', 'fastai_mixaug/data.py'),
                                     'fastai_mixaug.data._pos_int': ('data.html#_pos_int', 'fastai_mixaug/data.py'),
                                     'fastai_mixaug.data._unpack': ('data.html#_unpack', 'fastai_mixaug/data.py'),
                                     'fastai_mixaug.data.balanced_subset': ('data.html#balanced_subset', 'fastai_mixaug/data.py'),

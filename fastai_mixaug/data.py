@@ -218,7 +218,9 @@ def cifar_dls(
     drop = kwargs.get('drop_last')
     if drop is None: drop = kwargs.get('shuffle', True)   # as fastai: the shuffled training DataLoader drops its last partial batch
     Xt, yt, Xv, yv, classes = cifar_arrays(path, n_train, n_valid, cache)
-    if drop and len(Xt) < bs: warnings.warn(_no_batch(len(Xt), bs), stacklevel=2)   # a valid set, but `fit` would train nothing
+    if drop and len(Xt) < bs:   # a valid set, but `fit` would train nothing
+        warnings.warn(f"`bs`: {len(Xt)} training photos are fewer than one batch of {bs}, and the training DataLoader drops its last partial "
+                      f"batch, so `fit` would train nothing; use a smaller `bs` or a larger `n_train`, or pass `drop_last=False`", stacklevel=2)
     X, y = torch.cat([Xt, Xv]), [classes[i] for i in torch.cat([yt, yv]).tolist()]
     splits = [list(range(len(Xt))), list(range(len(Xt), len(X)))]
     items = list(zip(X, y))   # (photo, label): views of the decoded tensor; an export keeps none of them (it empties the items)
@@ -234,10 +236,6 @@ def _pos_int(name:str, v, none_ok:bool=False):
     except TypeError: i = None
     if i is None or isinstance(v, (bool, np.bool_)) or i < 1: raise ValueError(f"`{name}` must be a positive int{' or None' if none_ok else ''}, got {v!r}")
     return i
-
-def _no_batch(n:int, bs:int) -> str:
-    return (f"`bs`: {n} training photos are fewer than one batch of {bs}, and the training DataLoader drops its last partial batch, "
-            f"so `fit` would train nothing; use a smaller `bs` or a larger `n_train`, or pass `drop_last=False`")
 
 class _Photo(ItemTransform):   # the whole item: a plain `Transform` would map over the tuple's elements
     "The photo of an item `(photo, label)` as a `uint8` `TensorImage` (3, h, w); to predict, also a photo's file, a PIL image, an (h, w, 3) array or a (3, h, w) tensor"
