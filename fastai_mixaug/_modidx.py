@@ -305,6 +305,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'fastai_mixaug.show.mix_titles': ('show.html#mix_titles', 'fastai_mixaug/show.py')},
             'fastai_mixaug.study': { 'fastai_mixaug.study._bar': ('study.html#_bar', 'fastai_mixaug/study.py'),
                                      'fastai_mixaug.study._check': ('study.html#_check', 'fastai_mixaug/study.py'),
+                                     'fastai_mixaug.study._check_data_path': ('study.html#_check_data_path', 'fastai_mixaug/study.py'),
                                      'fastai_mixaug.study._init_worker': ('study.html#_init_worker', 'fastai_mixaug/study.py'),
                                      'fastai_mixaug.study._int_list': ('study.html#_int_list', 'fastai_mixaug/study.py'),
                                      'fastai_mixaug.study._pts': ('study.html#_pts', 'fastai_mixaug/study.py'),

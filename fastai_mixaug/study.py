@@ -261,7 +261,8 @@ _WRITTEN = (('runs.csv', "one row per run, appended as each finishes: error, los
            ('cells.csv', "one row per (epochs, size, augmentation): the table's numbers"),
            ('study.md', "the table: error mean ± std, paired difference to none with its 95% CI"),
            ('study.png', "error and difference to none against training-set size, one panel per schedule"),
-           ('vs_none.png', "error and ECE of each augmentation against none, per cell (paired, 95% CI)"))
+           ('vs_none.png', "error and ECE of each augmentation against none, per cell (paired, 95% CI)"),
+           ('data_path.txt', "cifar10: where the runs' photos came from (a resume from elsewhere is warned about)"))
 
 def parser() -> argparse.ArgumentParser:
     "The study's arguments"
@@ -282,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
         "to continue where it stopped (finished runs are skipped). A runs.csv made with\n"
         "another --data, --lr, --bs or --model is refused; one from another commit is used, with a\n"
         "warning.",
-        epilog="written into --out:\n" + ''.join(f"  {f:<11} {w}\n" for f, w in _WRITTEN) + "\n"
+        epilog="written into --out:\n" + ''.join(f"  {f:<13} {w}\n" for f, w in _WRITTEN) + "\n"
         "examples:\n"
         "  fastai-mixaug study --workers 2\n"
         "  fastai-mixaug study --sizes 500,4000 --epochs 30 --augs none,cutmix --seeds 0,1,2,3,4\n"
@@ -351,6 +352,15 @@ def _train(todo:list[tuple], args:argparse.Namespace, version:dict, path:Path, r
         with mp.get_context('spawn').Pool(min(args.workers, len(tasks)), initializer=_init_worker) as pool:
             for i, r in enumerate(pool.imap_unordered(run_one, tasks), 1): finished(i, r)
 
+def _check_data_path(args:argparse.Namespace, rows:list[dict]):
+    "Warn when --out's runs came from photos at another --data-path (the path is in `data_path.txt`, not a runs.csv column); record it for the first run"
+    if args.data != 'cifar10' or args.report: return
+    f, now = args.out/'data_path.txt', str(Path(args.data_path).resolve()) if args.data_path else 'untar_data(URLs.CIFAR)'
+    was = f.read_text().strip() if f.exists() else None
+    if was is None or not rows: f.write_text(now + '\n')
+    elif was != now: print(f"warning: the runs in {args.out/'runs.csv'} were made from the photos in {was}, not {now}: they are used, not rerun; "
+                                    f"use another --out to start afresh", file=sys.stderr)
+
 def main(argv:list[str]|None=None) -> None:
     "Entry point of `fastai-mixaug study`: `argv` is the list of arguments after `study` (`sys.argv[2:]` if `None`)"
     argv = sys.argv[2:] if argv is None else list(argv)
@@ -366,6 +376,7 @@ def main(argv:list[str]|None=None) -> None:
         other = sorted({str(r[c]) for r in rows if r[c] != getattr(args, c)})
         if other: p.error(f"argument --out: {path} holds runs made with --{c} {', '.join(other)}, not {getattr(args, c)}: "
                           f"run with the same settings, or use another --out")
+    _check_data_path(args, rows)
     version = code_version()
     for c in VERSIONS:
         other = {r[c] for r in rows if r[c] != version[c]}
@@ -399,7 +410,7 @@ def _report(args:argparse.Namespace, rows:list[dict], argv:list[str]):
     commits = Counter(r['commit'] for r in mine)
     d = DATASETS[args.data]
     on = ("the first N of MNIST-5k's training images, validation error on its 1,000 validation images" if args.data == 'mnist' else
-          "a class-balanced N of CIFAR-10's 50,000 training photos (pad-4 crop and flip), validation error on its 10,000 test photos")
+          f"a class-balanced N of the training photos in {args.data_path or 'untar_data(URLs.CIFAR)'} (pad-4 crop and flip), validation error on all its test photos")   # not CIFAR-10's 50,000 and 10,000: a folder may hold fewer
     head = (f"`{' '.join(['fastai-mixaug', 'study'] + argv)}`\n\n"
             f"{len(mine)} runs of {len(keys)}: {args.model}, fit_one_cycle (lr {args.lr:g}, bs {args.bs}) on {on} after the last epoch; "
             f"NLL and expected calibration error (ECE, 15 equal-width bins of the top probability) on the same images. "
@@ -413,4 +424,4 @@ def _report(args:argparse.Namespace, rows:list[dict], argv:list[str]):
         w = csv.DictWriter(f, fieldnames=list(cells[0]), lineterminator='\n'); w.writeheader(); w.writerows(cells)
     plot_study(cells, args.out/'study.png', title=f"{d['name']}, {args.model}: {len(mine)} runs")
     plot_vs_none(cells, args.out/'vs_none.png', title=f"{d['name']}, {args.model}: {len(mine)} runs; aug − none, paired over seeds")
-    print(f"\n{head}\n{md}\nWritten to {args.out}/: {', '.join(f for f, _ in _WRITTEN)}", flush=True)
+    print(f"\n{head}\n{md}\nWritten to {args.out}/: {', '.join(f for f, _ in _WRITTEN if f != 'data_path.txt')}", flush=True)

@@ -96,7 +96,7 @@ def load_data(
     from fastai.data.core import DataLoaders
     from fastai_mixaug.data import balanced_subset
     import numpy as np
-    keep = balanced_subset(np.array([int(y) for y in full.valid_ds.tls[1]]), n_valid, seed=1).tolist()
+    keep = balanced_subset(np.array([int(y) for y in full.valid_ds.tls[1]]), n_valid).tolist()   # the photos of `cifar_dls(n_valid=n_valid)`
     return DataLoaders(full.train, full.valid.new(_subset(full.valid_ds, keep)), device=full.device), full.valid
 
 # %% ../nbs/04a_train.ipynb #cbc03e8b

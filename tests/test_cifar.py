@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 from fastai_mixaug.data import (CIFAR_STATS, DataPathError, PadCropFlip, balanced_subset, cifar_arrays, cifar_dls, cifar_folder,
                                 crop_flip, sample_crop_flip)
-from fastai_mixaug.train import ece, evaluate, resnet20
+from fastai_mixaug.train import ece, evaluate, load_data, resnet20
 
 SHARED = Path(__file__).resolve().parents[2]/'shared'/'data'/'cifar10.tgz'   # the project's copy, beside the checkout; CI has it
 needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=f"no {SHARED}")
@@ -97,6 +97,30 @@ def test_dls_training_only_and_normalised(tmp_path):
     assert np.bincount([int(y) for y in sub.valid_ds.tls[1]]).tolist() == [2, 2, 2]
     noaug = cifar_dls(tmp_path, bs=6, augment=False)
     assert not any(isinstance(t, PadCropFlip) for t in noaug.train.after_batch.fs)
+
+def test_commands_validate_on_cifar_dls_photos(tmp_path):
+    "The commands validate each epoch on the photos `cifar_dls(n_valid=...)` gives, in its order, and evaluate on all test photos"
+    fake_cifar(tmp_path/'cifar10', n_train=8, n_test=4)
+    dls, final = load_data('cifar10', n_train=9, bs=3, path=tmp_path, n_valid=6)
+    ref = cifar_dls(tmp_path, n_train=9, n_valid=6, bs=3)
+    cat = lambda dl: [torch.cat([b[i].as_subclass(torch.Tensor) for b in dl]) for i in (0, 1)]
+    for a, b in zip(cat(dls.valid), cat(ref.valid)): assert torch.equal(a, b)
+    assert len(dls.valid_ds) == 6 and len(final.dataset) == 12
+
+def test_study_resume_from_other_photos(tmp_path):
+    "A study resumed with another --data-path warns that the finished runs came from other photos; the header names the path"
+    from fastai_mixaug.study import main
+    for d in ('a', 'b'): fake_cifar(tmp_path/d, n_train=4, n_test=2)
+    out = tmp_path/'out'
+    run = lambda d, seeds: main(['--data', 'cifar10', '--data-path', str(tmp_path/d), '--sizes', '6', '--bs', '3', '--epochs', '1',
+                                 '--augs', 'none', '--seeds', seeds, '--out', str(out), '--quiet'])
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err): run('a', '0')
+    assert (out/'data_path.txt').read_text() == f"{tmp_path/'a'}\n" and 'warning' not in err.getvalue()
+    assert f"training photos in {tmp_path/'a'} (pad-4 crop and flip)" in (out/'study.md').read_text()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err): run('b', '0,1')
+    assert f"were made from the photos in {tmp_path/'a'}, not {tmp_path/'b'}: they are used, not rerun" in ' '.join(err.getvalue().split())
+    assert (out/'data_path.txt').read_text() == f"{tmp_path/'a'}\n"   # the first runs' photos stay on record
 
 BAD_PATHS = {
     'missing': (lambda d: d/'nope', "does not exist"),

@@ -46,7 +46,8 @@ def test_files_are_what_help_says(tiny):
     out, printed = tiny
     block = _cmd('study', '--help').stdout.split('written into --out:\n', 1)[1].split('\n\n', 1)[0]
     said = {line.split()[0] for line in block.splitlines()}
-    assert said == {p.name for p in out.iterdir()} == {'runs.csv', 'cells.csv', 'study.md', 'study.png', 'vs_none.png'}
+    assert said - {'data_path.txt'} == {p.name for p in out.iterdir()} == {'runs.csv', 'cells.csv', 'study.md', 'study.png', 'vs_none.png'}
+    assert 'data_path.txt' in said and 'cifar10:' in block   # written by CIFAR-10 studies only (test_cifar)
     assert printed.rstrip().endswith(f"Written to {out}/: runs.csv, cells.csv, study.md, study.png, vs_none.png")
 
 BAD = [
