@@ -12,8 +12,9 @@ NAMES = dict(none='none', mixup='MixUp', cutmix='CutMix', cutout='Cutout', cutmi
              resizemix='ResizeMix', manifold_mixup='Manifold Mixup', randommix='RandomMix')
 
 def pts(v:float, sign:bool=True) -> str:
-    "`v` (a fraction) in points, one decimal, with a real minus sign"
-    return format(v * 100, '+.1f' if sign else '.1f').replace('-', '−')
+    "`v` (a fraction) in points, one decimal (two where one would read 0.0), with a real minus sign"
+    d = 2 if v and round(abs(v) * 100, 1) == 0 else 1
+    return format(v * 100, f'+.{d}f' if sign else f'.{d}f').replace('-', '−')
 
 def cell(c:dict|None, compact:bool=False) -> tuple[str, str]:
     "The (error vs none, ECE) entries of one cell's row; `compact`: without the count of seeds better, none's error alone"
