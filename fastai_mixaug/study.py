@@ -179,6 +179,13 @@ def cells_md(cells:list[dict]) -> str:
         out += [f"| {a} | " + " | ".join(mark(at.get((e, s, a))) for e, s in cols) + " |" for a in augs]
     return '\n'.join(out).rstrip() + '\n'
 
+def _aug_styles(augs:list[str]) -> dict[str, dict]:
+    "Plot style per augmentation: none black; a variant (`cutmix:p=0.5`) its base's colour with an open marker; the others a colour each"
+    base = lambda a: a.split(':')[0]
+    bases = list(dict.fromkeys(base(a) for a in augs if a != 'none'))
+    return {a: dict(color='black') if a == 'none' else
+               dict(color=f'C{bases.index(base(a)) % 10}', **(dict(mfc='white') if ':' in a else {})) for a in augs}
+
 def plot_study(cells:list[dict], path:Path, title:str=''):
     "Error against training-set size (top) and the paired difference to 'none' (bottom), one line per augmentation, one column per schedule length"
     import matplotlib.pyplot as plt
@@ -186,19 +193,19 @@ def plot_study(cells:list[dict], path:Path, title:str=''):
     augs = list(dict.fromkeys(c['aug'] for c in cells))
     sizes = sorted({c['size'] for c in cells})
     fig, axs = plt.subplots(2, len(epochs), figsize=(4.5 * len(epochs), 8), squeeze=False, sharex=True, sharey='row')
-    colors = {a: ('black' if a == 'none' else f'C{i}') for i, a in enumerate(augs)}
+    style = _aug_styles(augs)
     for j, e in enumerate(epochs):
         for k, a in enumerate(augs):
             cs = [c for c in cells if c['epochs'] == e and c['aug'] == a]
             x = [c['size'] * 1.025 ** (k - (len(augs) - 1) / 2) for c in cs]   # side by side, so the bars don't hide each other
             y = [c['error'] * 100 for c in cs]
             axs[0, j].errorbar(x, y, yerr=[0 if c['error_std'] != c['error_std'] else c['error_std'] * 100 for c in cs],
-                               color=colors[a], marker='o', ms=4, capsize=3, lw=2 if a == 'none' else 1.2, label=a)
+                               **style[a], marker='o', ms=4, capsize=3, lw=2 if a == 'none' else 1.2, label=a)
             ds = [(xi, c) for xi, c in zip(x, cs) if c['n_pairs'] and a != 'none']
             if ds:
                 m = [c['vs_none'] * 100 for _, c in ds]
                 ci = [[0, 0] if c['vs_none_lo'] != c['vs_none_lo'] else [(c['vs_none'] - c['vs_none_lo']) * 100, (c['vs_none_hi'] - c['vs_none']) * 100] for _, c in ds]
-                axs[1, j].errorbar([xi for xi, _ in ds], m, yerr=list(zip(*ci)), color=colors[a], marker='o', ms=4, capsize=3, lw=1.2, label=a)
+                axs[1, j].errorbar([xi for xi, _ in ds], m, yerr=list(zip(*ci)), **style[a], marker='o', ms=4, capsize=3, lw=1.2, label=a)
         axs[0, j].set_title(f"{e} epoch{'s' if e > 1 else ''}")
         axs[1, j].axhline(0, color='black', lw=1)
         for ax in axs[:, j]:
@@ -224,6 +231,7 @@ def plot_vs_none(cells:list[dict], path:Path, title:str=''):
     import matplotlib.pyplot as plt
     keys = list(dict.fromkeys((c['size'], c['epochs']) for c in cells))
     augs = [a for a in dict.fromkeys(c['aug'] for c in cells) if a != 'none']
+    style = _aug_styles(augs)
     fig, axs = plt.subplots(len(keys), 2, figsize=(10, 0.45 * max(len(augs), 2) * len(keys) + 1.2), squeeze=False, sharey=True)
     for i, (s, e) in enumerate(keys):
         at = {c['aug']: c for c in cells if (c['size'], c['epochs']) == (s, e)}
@@ -236,7 +244,7 @@ def plot_vs_none(cells:list[dict], path:Path, title:str=''):
                     ax.text(.01, k, 'not run' if c is None else 'no pair with none', transform=ax.get_yaxis_transform(), va='center', fontsize=8, color='grey'); continue
                 lo, hi = c[v + '_lo'], c[v + '_hi']
                 err = None if lo != lo else [[(c[v] - lo) * 100], [(hi - c[v]) * 100]]
-                ax.errorbar([c[v] * 100], [k], xerr=err, fmt='o', color=f'C{k}', capsize=3)
+                ax.errorbar([c[v] * 100], [k], xerr=err, fmt='o', **style[a], capsize=3)
             ax.axvline(0, color='black', lw=1)
             ax.set_yticks(range(len(augs))); ax.set_yticklabels(augs); ax.grid(alpha=.3, axis='x')
             if j == 0: ax.invert_yaxis()   # the first augmentation on top (the y axis is shared: once)
