@@ -15,7 +15,7 @@ __all__ = ['SIZES', 'EPOCHS', 'GRIDS', 'SEEDS', 'KEY', 'RESULTS', 'SETTINGS', 'V
            'parser', 'main']
 
 # %% ../nbs/06_study.ipynb #20adae91
-from .train import (AUGS, MODELS, DATASETS, aug_list, check_augs, check_data, check_out, hms, load_data, pos_float,
+from .train import (AUGS, MODELS, DATASETS, aug_list, check_augs, check_data, check_out, hms, load_data, parse_aug, pos_float,
                                  pos_int, seed_list, train_one)
 
 # %% ../nbs/06_study.ipynb #edfeba65
@@ -181,10 +181,10 @@ def cells_md(cells:list[dict]) -> str:
 
 def _aug_styles(augs:list[str]) -> dict[str, dict]:
     "Plot style per augmentation: none black; a variant (`cutmix:p=0.5`) its base's colour with an open marker; the others a colour each"
-    base = lambda a: a.split(':')[0]
-    bases = list(dict.fromkeys(base(a) for a in augs if a != 'none'))
+    spec = {a: parse_aug(a) for a in augs}
+    bases = list(dict.fromkeys(name for a, (name, _) in spec.items() if a != 'none'))
     return {a: dict(color='black') if a == 'none' else
-               dict(color=f'C{bases.index(base(a)) % 10}', **(dict(mfc='white') if ':' in a else {})) for a in augs}
+               dict(color=f'C{bases.index(name) % 10}', **(dict(mfc='white') if kw else {})) for a, (name, kw) in spec.items()}
 
 def plot_study(cells:list[dict], path:Path, title:str=''):
     "Error against training-set size (top) and the paired difference to 'none' (bottom), one line per augmentation, one column per schedule length"
